@@ -1,0 +1,113 @@
+"""What every command shares: the stderr console, common options, errors, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from dydis.artifacts import ArtifactStore
+from dydis.errors import DydisError
+
+# Human output (progress, tables, warnings, errors) goes to stderr; stdout carries only the
+# result, so that `DATA=$(dydis prepare-data ...)` captures exactly the artifact path.
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="YAML file of config values.", show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a config value: key.sub=value (repeatable).",
+                                                     show_default=False)]
+RootOpt = Annotated[Optional[Path], typer.Option("--root", help="Artifact store root [default: $DYDIS_ARTIFACTS or ./artifacts].",
+                                                 show_default=False)]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Artifact name [default: the dataset name].",
+                                                show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also DYDIS_DEBUG=1).")]
+
+
+def debug_enabled(flag: bool = False) -> bool:
+    return flag or os.environ.get("DYDIS_DEBUG", "") not in ("", "0")
+
+
+def fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn user-fixable errors into one line and exit code 2, internal ones into exit code 1.
+
+    The wrapped command must take a ``debug`` keyword; with it (or DYDIS_DEBUG=1) the
+    traceback is shown instead.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        debug = debug_enabled(kwargs.get("debug", False))
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except DydisError as err:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            fail(str(err), code=2)
+        except Exception as err:  # an internal failure: say so, and how to see the traceback
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            else:
+                console.print(f"[bold red]error:[/] internal failure: {err.__class__.__name__}: {err} "
+                              "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+def store_for(root: Path | None) -> ArtifactStore:
+    return ArtifactStore(root)
+
+
+def emit_result(path: Path) -> None:
+    """The one line on stdout: the written artifact's path."""
+    typer.echo(str(path))
+
+
+class _RichTask:
+    def __init__(self, progress: Progress, task_id, unit: str):
+        self._progress, self._id, self._unit = progress, task_id, unit
+
+    def advance(self, amount: float = 1) -> None:
+        self._progress.advance(self._id, amount)
+        speed = next(t.speed for t in self._progress.tasks if t.id == self._id)
+        if speed:  # rich's own speed column has no unit
+            self._progress.update(self._id, rate=f"{speed:,.0f} {self._unit}/s")
+
+    def update(self, **fields) -> None:
+        self._progress.update(self._id, **fields)
+
+
+class RichProgress:
+    """Progress bars with throughput and ETA on stderr (a `dydis.progress.Progress`)."""
+
+    @contextmanager
+    def task(self, description: str, total: float | None, unit: str = "it") -> Iterator[_RichTask]:
+        columns = [
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, console=console) as progress:
+            yield _RichTask(progress, progress.add_task(description, total=total, rate=""), unit)

@@ -1,0 +1,65 @@
+"""The `dydis` command: one subcommand per pipeline stage, plus `run` and `artifacts`."""
+
+from __future__ import annotations
+
+import typer
+
+from dydis import __version__
+from dydis.cli import artifacts
+from dydis.cli.common import fail
+from dydis.cli.prepare_data import prepare_data
+
+app = typer.Typer(
+    name="dydis",
+    help="Disentangled representation learning with latent diffusion, Dynamic Gaussian Anchoring and "
+         "Skip Dropout. Each stage writes a versioned artifact and prints its path on stdout.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the dydis version.")) -> None:
+    """Disentangled representation learning with latent diffusion (DyGA + Skip Dropout)."""
+
+
+app.command("prepare-data")(prepare_data)
+
+# Stages that later issues build: they exist in the CLI now so that scripts and --help are
+# stable, and they say plainly that they cannot run yet.
+_PENDING = {
+    "train-vqgan": "Train the first-stage VQ-GAN and cache the dataset's latents.",
+    "train-ldm": "Train the latent diffusion model with the feature extractor, DyGA and Skip Dropout.",
+    "eval-metrics": "Compute FactorVAE, DCI, MIG, SAP, Modularity, InfoMEC, TAD and FID.",
+    "downstream-gbt": "The paper's GBT sample-efficiency downstream task (Table 5).",
+    "visualize": "Latent interchange, attention maps, interpolation, unit plots, training curves.",
+    "run": "Run the stages of a workflow.yaml in order, skipping those that are up to date.",
+}
+
+
+def _pending(command: str):
+    def pending(ctx: typer.Context) -> None:
+        fail(f"{command} is not implemented yet in dydis {__version__}")
+
+    pending.__doc__ = _PENDING[command] + " (not implemented yet)"
+    return pending
+
+
+for _command in _PENDING:
+    app.command(_command, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        _pending(_command))
+
+app.add_typer(artifacts.app, name="artifacts")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,66 @@
+"""`dydis prepare-data`: a dataset's original download -> the standard dataset artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
+                              emit_result, handle_errors, store_for)
+from dydis.config import PrepareDataConfig, build_config
+from dydis.data import DATASETS
+from dydis.stages import prepare_data as stage
+
+HELP = f"""Read a dataset's original download and write the standard dataset artifact (data.h5 + preview.png).
+
+Datasets: {', '.join(DATASETS)}. Prints the artifact path on stdout.
+
+Examples:
+
+  dydis prepare-data --dataset synthetic --grid 4,4,4,3,4,5
+
+  dydis prepare-data --dataset shapes3d --source 3dshapes.h5 --subset 1000 --seed 0
+
+  DATA=$(dydis prepare-data --dataset mpi3d-toy --source mpi3d_toy.npz)
+"""
+
+
+@handle_errors
+def prepare_data(
+    dataset: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(DATASETS)} [default: synthetic].",
+                                                   show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Option(help="The original download (file or folder).",
+                                                   show_default=False)] = None,
+    subset: Annotated[Optional[int], typer.Option(help="Keep N seeded random rows.", show_default=False)] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="Keep this fraction of the rows.", show_default=False)] = None,
+    factor_sizes: Annotated[Optional[str], typer.Option(
+        help="Reduced factor grid for mpi3d-*/cars3d files in the real format, e.g. 2,2,2,3,3,4,4.",
+        show_default=False)] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Synthetic: factor sizes to render, e.g. 4,4,4,3,4,5.",
+                                                show_default=False)] = None,
+    crop: Annotated[Optional[str], typer.Option(help="CelebA crop: diffae or center148.", show_default=False)] = None,
+    compression: Annotated[Optional[str], typer.Option(help="data.h5 image compression: none, lzf or gzip.",
+                                                       show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option(help="CelebA decoding processes [default: all cores].",
+                                                   show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    name: NameOpt = None,
+    seed: SeedOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    flags = dict(dataset=dataset, source=str(source) if source else None, subset=subset, fraction=fraction,
+                 factor_sizes=factor_sizes, grid=grid, crop=crop, compression=compression, workers=workers, seed=seed)
+    cfg = build_config(PrepareDataConfig, file=config, flags=flags, overrides=set_)
+    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    results = artifact.results
+    console.print(f"[green]wrote[/] {artifact.ref}: {results['n_images']:,} images, factors "
+                  f"{dict(zip(results['factor_names'], results['factor_sizes']))} "
+                  f"({results['images_per_second']:,.0f} img/s)", highlight=False)
+    emit_result(artifact.path)
+
+
+prepare_data.__doc__ = HELP

@@ -1,0 +1,125 @@
+"""Reading one array of a large ``.npz`` without loading it.
+
+An ``.npz`` is a zip of ``.npy`` files. When the member is stored (``np.savez``), its bytes
+sit at a fixed offset inside the zip and we memory-map them, which gives random access to
+MPI3D's 12.7 GB at no memory cost. When it is deflated (``np.savez_compressed``, as dSprites
+is), we decompress it as a stream, front to back, holding only one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from dydis.errors import DataError
+
+_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
+_MAX_CHUNK_BYTES = 64 << 20
+
+
+class NpyMember:
+    """Lazy reader of ``<key>.npy`` inside the zip ``path`` (rows along the first axis)."""
+
+    def __init__(self, zf: zipfile.ZipFile, path: Path, key: str):
+        self.path, self.key = path, key
+        try:
+            self._info = zf.getinfo(f"{key}.npy")
+        except KeyError:
+            found = sorted(n.removesuffix(".npy") for n in zf.namelist())
+            raise DataError(f"expected an array {key!r} in the npz, found keys {found}", path) from None
+        self._zf = zf
+        self._stream = None
+        self._memmap = None
+        try:
+            if self._info.compress_type == zipfile.ZIP_STORED:
+                self._open_memmap()
+            else:
+                self._open_stream()
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as err:
+            raise DataError(f"array {key!r} is unreadable ({err}); the file is truncated or corrupt", path) from None
+
+    def _read_header(self, handle) -> None:
+        version = np.lib.format.read_magic(handle)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        self.shape, fortran, self.dtype = reader(handle)
+        if fortran or self.dtype.hasobject:
+            raise ValueError("expected a C-ordered array of plain numbers")
+        self._row_items = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def _open_memmap(self) -> None:
+        with open(self.path, "rb") as handle:
+            handle.seek(self._info.header_offset)
+            header = _LOCAL_HEADER.unpack(handle.read(_LOCAL_HEADER.size))
+            if header[0] != b"PK\x03\x04":
+                raise ValueError("bad zip local header")
+            start = self._info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]
+            handle.seek(start)
+            self._read_header(handle)
+            data_start = handle.tell()
+        nbytes = int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        if data_start + nbytes > self.path.stat().st_size:
+            raise ValueError(f"file ends before the {nbytes} bytes of the array")
+        self._memmap = np.memmap(self.path, dtype=self.dtype, mode="r", offset=data_start, shape=self.shape)
+
+    def _open_stream(self) -> None:
+        self._stream = self._zf.open(self._info)
+        self._read_header(self._stream)
+        self._position = 0  # next row the stream will deliver
+
+    def _read_stream(self, count: int) -> np.ndarray:
+        nbytes = count * self._row_items * self.dtype.itemsize
+        buffer = bytearray(nbytes)
+        view, filled = memoryview(buffer), 0
+        while filled < nbytes:
+            got = self._stream.readinto(view[filled:])
+            if not got:
+                raise EOFError(f"stream ended after {self._position} rows")
+            filled += got
+        self._position += count
+        return np.frombuffer(buffer, self.dtype).reshape(count, *self.shape[1:])
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (strictly increasing; for deflated members, also increasing across calls)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._memmap is not None:
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+                return np.array(self._memmap[rows[0]: rows[-1] + 1])
+            return self._memmap[rows]
+        if len(rows) and rows[0] < self._position:
+            raise AssertionError("deflated npz members are read front to back")
+        chunk_rows = max(1, _MAX_CHUNK_BYTES // max(1, self._row_items * self.dtype.itemsize))
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        done = 0
+        try:
+            while done < len(rows):
+                first = int(rows[done])
+                if first > self._position:  # skip unwanted rows chunk by chunk
+                    self._read_stream(min(chunk_rows, first - self._position))
+                    continue
+                count = min(chunk_rows, int(rows[-1]) + 1 - first)
+                piece = self._read_stream(count)
+                wanted = rows[done:][rows[done:] < first + count]
+                out[done: done + len(wanted)] = piece[wanted - first]
+                done += len(wanted)
+        except (OSError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"array {self.key!r} is unreadable ({err}); the file is truncated or corrupt",
+                            self.path) from None
+        return out
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self._memmap = None
+
+
+def open_npz(path: Path) -> zipfile.ZipFile:
+    """Open an npz as a zip, with one-line errors for a missing or damaged file."""
+    if not path.exists():
+        raise DataError("source file not found", path)
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"not a readable .npz (zip) file ({err}); truncated or corrupt?", path) from None

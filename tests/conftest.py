@@ -1,0 +1,88 @@
+"""Tiny files in the exact on-disk formats of the real downloads, written by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from dydis.data import shapes3d
+
+
+def shapes3d_image(factors: np.ndarray) -> np.ndarray:
+    """A recognisable image per factor vector: every channel encodes some factors."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = factors[0] * 20 + factors[1]
+    image[..., 1] = factors[2] * 20 + factors[3]
+    image[..., 2] = factors[4] * 16 + factors[5]
+    return image
+
+
+def write_shapes3d(path: Path, rows: np.ndarray) -> Path:
+    """A 3dshapes.h5 holding the given canonical rows: images uint8, labels float64 values."""
+    sizes = shapes3d.FACTOR_SIZES
+    factors = np.stack(np.unravel_index(rows, sizes), axis=1)
+    labels = np.stack([shapes3d.FACTOR_VALUES[j][factors[:, j]] for j in range(6)], axis=1)
+    # The published labels are float64 but were computed in float32; keep that rounding.
+    labels = labels.astype(np.float32).astype(np.float64)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("images", data=np.stack([shapes3d_image(f) for f in factors]), dtype=np.uint8)
+        h5.create_dataset("labels", data=labels, dtype=np.float64)
+    return path
+
+
+def row_image(rows: np.ndarray) -> np.ndarray:
+    """Images (n, 64, 64, 3) whose pixels spell out the row index (for row-order datasets)."""
+    rows = np.asarray(rows)
+    images = np.zeros((len(rows), 64, 64, 3), np.uint8)
+    images[:, :, :, 0] = (rows % 256)[:, None, None]
+    images[:, :, :, 1] = ((rows // 256) % 256)[:, None, None]
+    images[:, :, :, 2] = (rows // 65536)[:, None, None]
+    return images
+
+
+def decode_row_image(images: np.ndarray) -> np.ndarray:
+    pixel = images[:, 0, 0].astype(np.int64)
+    return pixel[:, 0] + 256 * pixel[:, 1] + 65536 * pixel[:, 2]
+
+
+def write_mpi3d(path: Path, n_rows: int) -> Path:
+    """An mpi3d_*.npz as `np.savez` writes it: one stored (uncompressed) member images.npy."""
+    np.savez(path, images=row_image(np.arange(n_rows)))
+    return path
+
+
+def write_dsprites(path: Path, sizes=(1, 3, 6, 4, 2, 2), compressed: bool = True) -> Path:
+    """A dsprites npz with the real keys: imgs, latents_classes, latents_values, metadata (py2-style pickle)."""
+    classes = np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), sizes), axis=1).astype(np.int64)
+    imgs = np.zeros((len(classes), 64, 64), np.uint8)
+    for i, c in enumerate(classes):  # a bar whose position/length encodes the factors
+        imgs[i, c[4] * 2: c[4] * 2 + 1 + c[1], c[5] * 3: c[5] * 3 + 1 + c[2]] = 1
+        imgs[i, 40 + c[3], 10] = 1
+    values = classes.astype(np.float64)
+    metadata = np.array({"date": "April 2017", "latents_names": ("color", "shape", "scale", "orientation",
+                                                                  "posX", "posY"),
+                         "latents_sizes": np.array([1, 3, 6, 40, 32, 32])}, dtype=object)
+    save = np.savez_compressed if compressed else np.savez
+    save(path, imgs=imgs, latents_classes=classes, latents_values=values, metadata=metadata)
+    return path
+
+
+@pytest.fixture
+def store_root(tmp_path: Path) -> Path:
+    return tmp_path / "artifacts"
+
+
+def artifact_dirs(root: Path) -> list[Path]:
+    """Every published version directory under a store root."""
+    return sorted(p for p in root.glob("*/*/v*") if p.is_dir())
+
+
+def truncate(path: Path, keep: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
