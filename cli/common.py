@@ -109,5 +109,5 @@ class RichProgress:
             TextColumn("eta"),
             TimeRemainingColumn(),
         ]
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console, transient=True) as progress:
             yield _RichTask(progress, progress.add_task(description, total=total, rate=""), unit)

@@ -41,7 +41,7 @@ def labels_to_factors(labels: np.ndarray) -> np.ndarray:
         step = np.diff(grid).min()
         worst = distance.min(axis=1).argmax() if len(labels) else None
         if worst is not None and distance[worst].min() > 0.01 * step:
-            raise ValueError(f"labels column {j} ({FACTOR_NAMES[j]}) holds {labels[worst, j]!r} in row {worst}, "
+            raise ValueError(f"labels column {j} ({FACTOR_NAMES[j]}) holds {float(labels[worst, j])!r} in row {worst}, "
                              f"which is not on the Shapes3D grid {np.round(grid, 4).tolist()}")
     return factors
 
@@ -83,19 +83,24 @@ class Shapes3DSource(Source):
             raise DataError(f"labels: expected float (n={n}, 6), found {self._labels.dtype} {self._labels.shape}",
                             self.path)
         self.n_rows = n
+        # The labels are small (23 MB for the full file): convert them all up front, so that
+        # an off-grid value is reported before any artifact is started.
+        try:
+            labels = self._labels[()]
+        except OSError as err:
+            raise DataError(f"labels are unreadable ({err}); the file is truncated or corrupt", self.path) from None
+        try:
+            self._factors = labels_to_factors(np.asarray(labels, np.float64))
+        except ValueError as err:
+            raise DataError(str(err), self.path) from None
 
     def read(self, rows: np.ndarray) -> Block:
         try:
             images = read_rows(self._images, rows)
-            labels = read_rows(self._labels, rows)
         except OSError as err:
             raise DataError(f"could not read rows {rows[0]}..{rows[-1]} ({err}); the file is truncated or corrupt",
                             self.path) from None
-        try:
-            factors = labels_to_factors(np.asarray(labels, np.float64))
-        except ValueError as err:
-            raise DataError(str(err), self.path) from None
-        return Block(images=np.asarray(images), factors=factors)
+        return Block(images=np.asarray(images), factors=self._factors[rows])
 
     def close(self) -> None:
         self._h5.close()

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_shapes3d
+from dydis.cli.main import app
+
+runner = CliRunner()
+STAGES = ["prepare-data", "train-vqgan", "train-ldm", "eval-metrics", "downstream-gbt"]
+
+
+def test_help_lists_every_stage():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in [*STAGES, "run", "artifacts", "visualize"]:
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["train-vqgan", "train-ldm", "eval-metrics", "downstream-gbt", "run"])
+def test_pending_stages_say_so(command):
+    result = runner.invoke(app, [command, "--dataset", "cars3d", "--gpus", "1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {command} is not implemented yet in dydis 0.1.0"
+    assert result.stdout == ""
+
+
+def test_config_file_and_set_overrides(tmp_path):
+    source = write_shapes3d(tmp_path / "3dshapes.h5", np.arange(0, 480_000, 10_000))
+    config = tmp_path / "prep.yaml"
+    config.write_text(f"dataset: shapes3d\nsource: {source}\nsubset: 10\n")
+    root = tmp_path / "store"
+    result = runner.invoke(app, ["prepare-data", "--config", str(config), "--set", "subset=7", "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    listing = runner.invoke(app, ["artifacts", "list", "--root", str(root), "--json"])
+    (entry,) = json.loads(listing.stdout)
+    assert entry["ref"] == "prepare-data/shapes3d@v1" and entry["results"]["n_images"] == 7
+
+
+def test_bad_override_names_the_key(tmp_path):
+    result = runner.invoke(app, ["prepare-data", "--set", "subsett=3", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "subsett" in result.stderr
+    result = runner.invoke(app, ["prepare-data", "--set", "fraction=lots", "--root", str(tmp_path)])
+    assert result.exit_code == 2 and "fraction" in result.stderr
+
+
+def test_artifacts_show_prints_path_and_lineage(tmp_path):
+    source = write_shapes3d(tmp_path / "3dshapes.h5", np.arange(0, 480_000, 50_000))
+    root = tmp_path / "store"
+    made = runner.invoke(app, ["prepare-data", "--dataset", "shapes3d", "--source", str(source), "--root", str(root)])
+    shown = runner.invoke(app, ["artifacts", "show", "prepare-data/shapes3d@v1", "--root", str(root)])
+    assert shown.exit_code == 0
+    assert shown.stdout.strip() == made.stdout.strip()
+    assert "kind: dataset" in shown.stderr and "files verified" in shown.stderr
+    missing = runner.invoke(app, ["artifacts", "show", "prepare-data/nothing", "--root", str(root)])
+    assert missing.exit_code == 2 and missing.stderr.startswith("error: prepare-data/nothing")
+
+
+def test_internal_failure_exits_1_without_traceback(monkeypatch, tmp_path):
+    from dydis.stages import prepare_data
+
+    def boom(*args, **kwargs):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(prepare_data, "run", boom)
+    result = runner.invoke(app, ["prepare-data", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "internal failure: ZeroDivisionError" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = runner.invoke(app, ["prepare-data", "--root", str(tmp_path), "--debug"])
+    assert result.exit_code == 1 and "Traceback" in result.stderr

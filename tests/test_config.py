@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from dydis.config import PrepareDataConfig, build_config, parse_overrides, to_dict
+from dydis.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    rate: float = 0.2
+    levels: tuple[int, ...] = (1, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    name: str = "a"
+    steps: int = 10
+    mode: Literal["paper", "official"] = "paper"
+    limit: int | None = None
+    flag: bool = False
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_precedence_defaults_file_flags_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 20\nname: from-file\ninner:\n  rate: 0.5\n")
+    cfg = build_config(Outer, file=path, flags={"steps": 30, "name": None}, overrides=["inner.levels=[4, 8]", "flag=true"])
+    assert cfg.steps == 30  # flag beats file
+    assert cfg.name == "from-file"  # an unset flag leaves the file's value
+    assert cfg.inner == Inner(rate=0.5, levels=(4, 8))
+    assert cfg.flag is True
+    assert build_config(Outer, overrides=["steps=5"]).steps == 5
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [("stepz=3", "stepz"), ("inner.ratez=1", "inner.ratez"), ("steps=abc", "steps"), ("steps=1.5", "steps"),
+     ("mode=fast", "mode"), ("inner.levels=[1, x]", "inner.levels[1]"), ("flag=3", "flag")],
+)
+def test_unknown_key_or_wrong_type_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        build_config(Outer, overrides=[override])
+    assert key in str(err.value)
+
+
+def test_coercions():
+    cfg = build_config(Outer, overrides=["limit=null", "inner.levels=4,5,6", "inner.rate=1", "name=2024"])
+    assert cfg.limit is None and cfg.inner.levels == (4, 5, 6) and cfg.inner.rate == 1.0 and cfg.name == "2024"
+    assert isinstance(cfg.inner.rate, float)
+    assert build_config(Outer, overrides=["limit=7"]).limit == 7
+
+
+def test_set_syntax_errors():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["steps"])
+    with pytest.raises(ConfigError, match="not a group"):
+        parse_overrides(["steps=1", "steps.x=2"])
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(Outer, file=tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        build_config(Outer, file=bad)
+
+
+def test_prepare_data_config_checks():
+    with pytest.raises(ConfigError, match="source"):
+        PrepareDataConfig(dataset="shapes3d")
+    with pytest.raises(ConfigError, match="subset"):
+        PrepareDataConfig(subset=0)
+    with pytest.raises(ConfigError, match="not both"):
+        PrepareDataConfig(subset=3, fraction=0.5)
+    with pytest.raises(ConfigError, match="grid"):
+        PrepareDataConfig(dataset="shapes3d", source="x.h5", grid=(2, 2, 2, 2, 2, 2))
+    with pytest.raises(ConfigError, match="factor_sizes"):
+        PrepareDataConfig(dataset="shapes3d", source="x.h5", factor_sizes=(2, 2))
+    cfg = build_config(PrepareDataConfig, flags={"grid": "4,4,4,3,4,5"})
+    assert cfg.grid == (4, 4, 4, 3, 4, 5)
+    assert to_dict(cfg)["grid"] == [4, 4, 4, 3, 4, 5]
