@@ -87,7 +87,7 @@ class Cars3DSource(Source):
                     f"cars3d factor_sizes must be ({N_ELEVATIONS}, {N_AZIMUTHS}, n_objects), "
                     f"got {factor_sizes}"
                 )
-        workers = os.cpu_count() or 1 if workers is None else int(workers)
+        workers = (os.cpu_count() or 1) if workers is None else int(workers)
         if workers < 1:
             raise ConfigError(f"workers must be at least 1, got {workers}")
 
@@ -131,10 +131,6 @@ class Cars3DSource(Source):
     def read(self, rows: np.ndarray) -> Block:
         rows = np.asarray(rows, dtype=np.int64)
         return Block(images=self._images[rows], factors=self._space.to_factors(rows))
-
-    def close(self) -> None:
-        # The decoding pool is already gone; drop the 216 MB of images.
-        self._images = self._images[:0]
 
 
 def decode_mesh(payload: bytes | str) -> np.ndarray | str:
@@ -239,17 +235,19 @@ def _parse_list(text: bytes, where: str, error_path: Path) -> list[str]:
     return names
 
 
-def _mesh_results(
-    names: list[str], meshes: dict[str, np.ndarray | str], describe, error_path: Path
-) -> dict[str, np.ndarray]:
-    """The decoded meshes of ``names``; the first bad one, in list order, raises."""
+def _check_meshes(names: list[str], meshes: dict[str, np.ndarray | str], locate) -> None:
+    """Raise for the first listed mesh, in list order, that is missing or bad.
+
+    ``locate(name)`` gives the (description, path) that the error names.
+    """
     for name in names:
         result = meshes.get(name)
         if result is None:
-            raise DataError(f"{describe(name)} is listed in list.txt but missing", error_path)
+            what, path = locate(name)
+            raise DataError(f"{what} is listed in list.txt but missing", path)
         if isinstance(result, str):
-            raise DataError(f"{describe(name)} {result}", error_path)
-    return {name: meshes[name] for name in names}
+            what, path = locate(name)
+            raise DataError(f"{what} {result}", path)
 
 
 def _read_folder(root: Path, decoder: _MeshDecoder):
@@ -272,9 +270,7 @@ def _read_folder(root: Path, decoder: _MeshDecoder):
     for name in names:
         decoder.submit(name, os.fspath(cars / f"{name}.mat"))
     meshes = decoder.collect()
-    for name in names:
-        if isinstance(meshes[name], str):
-            raise DataError(f"{name}.mat {meshes[name]}", cars / f"{name}.mat")
+    _check_meshes(names, meshes, lambda name: (f"{name}.mat", cars / f"{name}.mat"))
     return list_path, names, meshes
 
 
@@ -288,13 +284,16 @@ def _read_archive(archive: Path, decoder: _MeshDecoder):
     try:
         tar = tarfile.open(archive, "r:*")
     except _ARCHIVE_ERRORS as exc:
+        if isinstance(exc, tarfile.ReadError):  # its text lists every method tried, one a line
+            exc = "no gzip, bzip2, xz or tar header"
         raise DataError(
-            f"not a readable tar or tar.gz archive ({exc}); expected "
+            f"not a readable tar or tar.gz archive ({_one_line(exc)}); expected "
             "nips2015-analogy-data.tar.gz or its extracted data/cars folder",
             archive,
         ) from None
     list_member = f"{CARS_DIR}/list.txt"
     names: list[str] | None = None
+    listed: set[str] = set()
     submitted: set[str] = set()
     with tar:
         try:
@@ -306,25 +305,28 @@ def _read_archive(archive: Path, decoder: _MeshDecoder):
                     continue
                 if base == "list.txt":
                     names = _parse_list(_read_member(tar, member), list_member, archive)
+                    listed = set(names)
                 elif base.endswith(".mat"):
                     name = base.removesuffix(".mat")
-                    if names is not None and name not in names:
+                    if names is not None and name not in listed:
                         continue
                     decoder.submit(name, _read_member(tar, member))
                     submitted.add(name)
-                if names is not None and submitted.issuperset(names):
+                if names is not None and submitted >= listed:
                     break  # what follows (other data sets of the archive) is not needed
+            else:
+                # Something is missing. tarfile ends its iteration silently at a damaged
+                # header, so read the stream to its end: gzip then checks its CRC.
+                while tar.fileobj.read(1 << 20):
+                    pass
         except _ARCHIVE_ERRORS as exc:
-            raise DataError(
-                f"archive is truncated or corrupt ({type(exc).__name__}: {exc})", archive
-            ) from None
+            raise DataError(f"archive is truncated or corrupt ({_one_line(exc)})", archive) from None
     if names is None:
         raise DataError(
             f"archive has no {list_member}; expected nips2015-analogy-data.tar.gz", archive
         )
-    meshes = _mesh_results(
-        names, decoder.collect(), lambda name: f"member {CARS_DIR}/{name}.mat", archive
-    )
+    meshes = decoder.collect()
+    _check_meshes(names, meshes, lambda name: (f"member {CARS_DIR}/{name}.mat", archive))
     return archive, names, meshes
 
 
@@ -335,3 +337,8 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     if len(data) != member.size:
         raise EOFError(f"{member.name} ends after {len(data)} of {member.size} bytes")
     return data
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
