@@ -41,12 +41,13 @@ RESOLUTION = IMAGE_SHAPE[0]
 # Scene, in world units with y up. The object's footprint is centred at the origin; the walls
 # are the planes x = ROOM and z = ROOM, so the room is open towards the camera.
 ROOM = 5.0
+OBJECT_BOUNDS = (1.25, 2.5 * 1.25)  # half-width and height of a box holding every shape at scale <= 1.25
 CAMERA_DISTANCE = 10.0
 CAMERA_PITCH = 24.0  # degrees below horizontal: enough floor to read the perspective
 CAMERA_TARGET_Y = 1.2
 FIELD_OF_VIEW = 42.0  # vertical, degrees
 BASE_AZIMUTH = 45.0  # orientation 0 looks straight into the corner
-LIGHT = (-6.0, 11.0, -2.0)  # front-left and high, so the shadow falls on the floor, not the walls
+LIGHT = (-6.0, 11.0, -2.0)  # high, in front and to the right: shadows fall back-left, on the floor only
 LIGHT_RADIUS = 1.6  # area light: a horizontal disk, which softens the shadow's edge
 LIGHT_SAMPLES = 40
 AO_SAMPLES = 40
@@ -56,6 +57,9 @@ TEXTURE_HALF_WIDTH = 4.25  # shadows are baked on the floor square |x|, |z| <= t
 TEXTURE_SIZE = 104  # texels 0.08 apart: finer than a pixel's footprint on the floor near the object
 
 _EPS = 1e-9
+
+__all__ = ["FACTOR_NAMES", "SHAPES3D_GRID", "SHAPE_NAMES", "SyntheticSource", "check_grid", "compose",
+           "factor_values", "hue_colours", "render", "surface_maps"]
 
 
 class Rays(NamedTuple):
@@ -211,9 +215,6 @@ def hit_object(rays: Rays, shape: int, scale: float) -> Hit:
     return hit._replace(t=hit.t * scale)
 
 
-OBJECT_BOUNDS = (1.25, 2.5 * 1.25)  # half-width and height that hold every shape at scale <= 1.25
-
-
 def camera_rays(orientation: float) -> Rays:
     """One unit ray per subpixel of the supersampled image, row-major from the top-left.
 
@@ -286,10 +287,11 @@ def floor_textures(shape: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     i = np.flatnonzero(_segment_near_point(x, z, LIGHT, (0.0, scale, 0.0), 1.75 * scale + LIGHT_RADIUS))
     a, b = _disk_samples(LIGHT_SAMPLES)
     xi, zi = x[i, None], z[i, None]
-    to_light = Rays(xi, y, zi, LIGHT[0] + LIGHT_RADIUS * a - xi, LIGHT[1] - y + 0 * xi, LIGHT[2] + LIGHT_RADIUS * b - zi)
+    to_light = Rays(xi, y, zi, LIGHT[0] + LIGHT_RADIUS * a - xi, LIGHT[1] - y + 0 * xi,
+                    LIGHT[2] + LIGHT_RADIUS * b - zi)  # (texels, samples); the light sits at t = 1
     shadow[i] = (hit_object(to_light, shape, scale).t > 1.0).sum(axis=1) / LIGHT_SAMPLES
 
-    reach = OBJECT_BOUNDS[0] * scale / 1.25 + AO_RANGE  # sky rays are AO_RANGE long
+    reach = scale + AO_RANGE  # unit shapes are 1 wide either side of the axis; sky rays AO_RANGE long
     i = np.flatnonzero((np.abs(x) < reach) & (np.abs(z) < reach))
     a, b = _disk_samples(AO_SAMPLES)  # lifted onto the hemisphere: cosine-weighted directions
     xi, zi = x[i, None], z[i, None]
@@ -350,7 +352,7 @@ def view_room(orientation: float) -> RoomView:
     on_floor = t_floor <= np.minimum(t_wall_x, t_wall_z)
     on_wall_x = ~on_floor & (t_wall_x <= t_wall_z)
 
-    zero, one = np.zeros_like(px), np.ones_like(px)
+    zero = np.zeros_like(px)
     nx, nz = np.where(on_wall_x, -1.0, 0.0), np.where(on_floor | on_wall_x, 0.0, -1.0)
     direct = DIFFUSE * _diffuse(px, py, pz, nx, np.where(on_floor, 1.0, 0.0), nz)
     edges = np.where(on_floor, _edge_darkening(np.minimum(ROOM - px, ROOM - pz)),
@@ -362,7 +364,6 @@ def view_room(orientation: float) -> RoomView:
     near = np.flatnonzero(on_floor & (np.abs(px) < TEXTURE_HALF_WIDTH) & (np.abs(pz) < TEXTURE_HALF_WIDTH))
     half, height = OBJECT_BOUNDS
     candidates = np.flatnonzero(np.isfinite(_hit_box(rays, half, height).t))
-    del one
     return RoomView(rays, weights, near, ambient[near], direct[near], px[near], pz[near], candidates)
 
 
@@ -397,10 +398,19 @@ def geometry_map(room: RoomView, textures: tuple[np.ndarray, np.ndarray], shape:
 
 
 def surface_maps(grid: Sequence[int] = SHAPES3D_GRID) -> np.ndarray:
-    """The per-geometry surface maps of ``grid``, float32 (n_scale, n_shape, n_orientation, 64, 64, 3).
+    """Ray-cast every geometry (scale, shape, orientation) of ``grid`` once.
 
     Channel s holds 255 x coverage x shading of floor, wall and object, so an image is
-    ``sum_s maps[..., s, None] * rgb(hue_s)``, at most 255 per channel.
+    ``sum_s maps[..., s, None] * rgb(hue_s)``, at most 255 per channel. About 3 s for the
+    full grid on one CPU core, most of it baking the 32 floor shadows.
+
+    Parameters
+    ----------
+    grid : six factor sizes, as for ``SyntheticSource``.
+
+    Returns
+    -------
+    maps : float32 (n_scale, n_shape, n_orientation, 64, 64, 3)
     """
     sizes = check_grid(grid)
     _, _, _, scales, _, orientations = factor_values(sizes)
@@ -419,7 +429,17 @@ def surface_maps(grid: Sequence[int] = SHAPES3D_GRID) -> np.ndarray:
 
 
 def compose(maps: np.ndarray, factors: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """Images uint8 (n, 64, 64, 3) of factor index vectors (n, 6), from ``surface_maps(grid)``.
+    """Paint the hues onto precomputed surface maps.
+
+    Parameters
+    ----------
+    maps : float32 (n_scale, n_shape, n_orientation, 64, 64, 3), ``surface_maps(grid)``.
+    factors : int (n, 6) factor indices on ``grid``.
+    grid : the six factor sizes.
+
+    Returns
+    -------
+    images : uint8 (n, 64, 64, 3)
 
     Rows are grouped by geometry and each group is three multiply-adds of its map with its
     rows' hue colours; the loop runs over geometries, never over images. Every operand is
@@ -428,6 +448,8 @@ def compose(maps: np.ndarray, factors: np.ndarray, grid: Sequence[int]) -> np.nd
     """
     sizes = check_grid(grid)
     factors = np.asarray(factors, dtype=np.int64).reshape(-1, len(FACTOR_NAMES))
+    if len(factors) and ((factors < 0).any() or (factors >= np.array(sizes)).any()):
+        raise ValueError(f"factor indices must lie in [0, size) for the grid {sizes}")
     n, width = len(factors), RESOLUTION * RESOLUTION * 3
     images = np.empty((n, width), np.uint8)
     if n == 0:
@@ -437,27 +459,38 @@ def compose(maps: np.ndarray, factors: np.ndarray, grid: Sequence[int]) -> np.nd
     geometry = np.ravel_multi_index(tuple(factors[:, 3:].T), sizes[3:])
     order = np.argsort(geometry, kind="stable")
     starts = np.flatnonzero(np.diff(geometry[order], prepend=-1))
-    largest = int(np.diff(np.append(starts, n)).max())
-    out, term = np.empty((largest, width), np.float32), np.empty((largest, width), np.float32)
-    for lo, hi in zip(starts, [*starts[1:], n]):
+    ends = np.append(starts[1:], n)
+    largest = int((ends - starts).max())
+    acc_buffer, term_buffer = np.empty((largest, width), np.float32), np.empty((largest, width), np.float32)
+    for lo, hi in zip(starts, ends):
         rows = order[lo:hi]
         surfaces = np.repeat(pixels[geometry[rows[0]]].T, 3, axis=1)  # (3, width): each value once per channel
-        acc, tmp = out[: hi - lo], term[: hi - lo]
-        for s in range(3):
-            np.take(tiles[s], factors[rows, s], axis=0, out=tmp if s else acc)
-            np.multiply(tmp if s else acc, surfaces[s], out=tmp if s else acc)
-            if s:
-                np.add(acc, tmp, out=acc)
+        acc, term = acc_buffer[: hi - lo], term_buffer[: hi - lo]
+        np.take(tiles[0], factors[rows, 0], axis=0, out=acc, mode="clip")  # why: "clip" skips a buffer copy
+        np.multiply(acc, surfaces[0], out=acc)
+        for s in (1, 2):
+            np.take(tiles[s], factors[rows, s], axis=0, out=term, mode="clip")
+            np.multiply(term, surfaces[s], out=term)
+            np.add(acc, term, out=acc)
         np.add(acc, 0.5, out=acc)  # why: round to nearest; the maps keep every channel <= 255
         images[rows] = acc
     return images.reshape(n, *IMAGE_SHAPE)
 
 
 def render(factors: np.ndarray, grid: Sequence[int] = SHAPES3D_GRID) -> np.ndarray:
-    """Images uint8 (n, 64, 64, 3) of factor index vectors (n, 6) on ``grid``.
+    """Render factor index vectors on ``grid``: a pure function of its arguments.
 
     Builds the surface maps on every call (seconds for the full grid); to render many blocks,
     use ``SyntheticSource``, which builds them once.
+
+    Parameters
+    ----------
+    factors : int (n, 6) factor indices, columns in ``FACTOR_NAMES`` order.
+    grid : the six factor sizes.
+
+    Returns
+    -------
+    images : uint8 (n, 64, 64, 3)
     """
     return compose(surface_maps(grid), factors, grid)
 
@@ -486,3 +519,7 @@ class SyntheticSource(Source):
             self._maps = surface_maps(self.grid)
         factors = self._space.to_factors(rows).reshape(len(rows), len(FACTOR_NAMES))
         return Block(images=compose(self._maps, factors, self.grid), factors=factors)
+
+    def close(self) -> None:
+        """Drop the surface maps (24 MB for the full grid); a later ``read`` rebuilds them."""
+        self._maps = None
