@@ -125,7 +125,7 @@ class Cars3DSource(Source):
         # canonical rows, object fastest.
         images = np.empty((N_ELEVATIONS, N_AZIMUTHS, n_objects) + IMAGE_SHAPE, np.uint8)
         for obj, name in enumerate(names):
-            images[:, :, obj] = meshes[name]
+            images[:, :, obj] = meshes.pop(name)  # pop: never hold two copies of the data
         self._images = images.reshape((self.n_rows,) + IMAGE_SHAPE)
 
     def read(self, rows: np.ndarray) -> Block:
@@ -153,7 +153,7 @@ def decode_mesh(payload: bytes | str) -> np.ndarray | str:
     except NotImplementedError:  # scipy's answer to MATLAB v7.3, which is HDF5 inside
         return "is a MATLAB v7.3 (HDF5) file; expected a MATLAB v5 .mat file"
     except Exception as exc:  # scipy raises many types (ValueError, MatReadError, ...)
-        return f"cannot be read as a MATLAB v5 .mat file ({type(exc).__name__}: {exc})"
+        return f"cannot be read as a MATLAB v5 .mat file ({_one_line(exc)})"
     im = content.get("im")
     if im is None:
         return "has no variable 'im'; expected im, uint8 (128, 128, 3, 24, 4)"
@@ -264,11 +264,8 @@ def _read_folder(root: Path, decoder: _MeshDecoder):
     list_path = cars / "list.txt"
     names = _parse_list(list_path.read_bytes(), "list.txt", list_path)
     for name in names:
-        mesh_path = cars / f"{name}.mat"
-        if not mesh_path.is_file():
-            raise DataError(f"{name}.mat is listed in list.txt but missing", mesh_path)
-    for name in names:
-        decoder.submit(name, os.fspath(cars / f"{name}.mat"))
+        if (cars / f"{name}.mat").is_file():  # _check_meshes reports the missing ones
+            decoder.submit(name, os.fspath(cars / f"{name}.mat"))
     meshes = decoder.collect()
     _check_meshes(names, meshes, lambda name: (f"{name}.mat", cars / f"{name}.mat"))
     return list_path, names, meshes
@@ -301,7 +298,8 @@ def _read_archive(archive: Path, decoder: _MeshDecoder):
             # decompressing from the start again.
             for member in tar:
                 parent, base = posixpath.split(posixpath.normpath(member.name))
-                if not member.isfile() or not (parent == CARS_DIR or parent.endswith("/" + CARS_DIR)):
+                in_cars = parent == CARS_DIR or parent.endswith("/" + CARS_DIR)
+                if not (member.isfile() and in_cars):
                     continue
                 if base == "list.txt":
                     names = _parse_list(_read_member(tar, member), list_member, archive)
@@ -320,7 +318,8 @@ def _read_archive(archive: Path, decoder: _MeshDecoder):
                 while tar.fileobj.read(1 << 20):
                     pass
         except _ARCHIVE_ERRORS as exc:
-            raise DataError(f"archive is truncated or corrupt ({_one_line(exc)})", archive) from None
+            message = f"archive is truncated or corrupt ({_one_line(exc)})"
+            raise DataError(message, archive) from None
     if names is None:
         raise DataError(
             f"archive has no {list_member}; expected nips2015-analogy-data.tar.gz", archive
