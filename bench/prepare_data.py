@@ -116,7 +116,7 @@ def main() -> None:
         child(json.loads(args.child[0]), args.child[1])
         return
     scale = 0.1 if args.quick else 1.0
-    sizes = {"shapes3d": int(48_000 * scale), "mpi3d-toy": 25_920 if args.quick else 103_680, "celeba": int(4_000 * scale),
+    sizes = {"shapes3d": int(48_000 * scale), "mpi3d-toy": 25_920 if args.quick else 103_680, "celeba": int(10_000 * scale),
              "synthetic": int(48_000 * scale)}
     print(f"{'case':<12}{'rows':>9}{'seconds':>9}{'img/s':>9}{'full-size est.':>16}{'target':>9}{'peak RSS':>11}")
     with tempfile.TemporaryDirectory(prefix="dydis-bench-") as tmp:

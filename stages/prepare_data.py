@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 
 from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import PrepareDataConfig, to_dict
-from dydis.data import open_source, write_dataset
+from dydis.data import Block, Source, open_source, write_dataset
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
 from dydis.errors import DataError
@@ -30,6 +32,23 @@ def select_rows(n_rows: int, config: PrepareDataConfig, source_path) -> np.ndarr
     return np.sort(rng.choice(n_rows, size=count, replace=False)).astype(np.int64)
 
 
+def read_ahead(source: Source, rows: np.ndarray) -> Iterator[Block]:
+    """Blocks of ``rows`` in order, reading the next block in a thread while this one is written.
+
+    Decoding (CelebA's process pool, gzip chunks) then overlaps with writing data.h5.
+    """
+    starts = range(0, len(rows), BLOCK_ROWS)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = None
+        for start in starts:
+            upcoming = reader.submit(source.read, rows[start: start + BLOCK_ROWS])
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
 def run(config: PrepareDataConfig, store: ArtifactStore, name: str | None = None,
         progress: Progress | None = None) -> Artifact:
     """Prepare one dataset; returns the published artifact."""
@@ -42,9 +61,8 @@ def run(config: PrepareDataConfig, store: ArtifactStore, name: str | None = None
         with store.create(stage=STAGE, name=name, kind="dataset", config=to_dict(config), seed=config.seed) as writer:
             data_path = writer.dir / "data.h5"
             with progress.task(f"{config.dataset}: writing data.h5", total=len(rows), unit="img") as task:
-                blocks = (source.read(rows[i: i + BLOCK_ROWS]) for i in range(0, len(rows), BLOCK_ROWS))
                 write_dataset(
-                    data_path, blocks, n_rows=len(rows), dataset=config.dataset,
+                    data_path, read_ahead(source, rows), n_rows=len(rows), dataset=config.dataset,
                     factor_names=source.factor_names, factor_sizes=source.factor_sizes,
                     attribute_names=source.attribute_names,
                     compression=None if config.compression == "none" else config.compression,
