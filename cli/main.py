@@ -8,6 +8,7 @@ from dydis import __version__
 from dydis.cli import artifacts
 from dydis.cli.common import fail
 from dydis.cli.prepare_data import prepare_data
+from dydis.cli.train_vqgan import train_vqgan
 
 app = typer.Typer(
     name="dydis",
@@ -33,11 +34,11 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command("prepare-data")(prepare_data)
+app.command("train-vqgan")(train_vqgan)
 
 # Stages that later issues build: they exist in the CLI now so that scripts and --help are
 # stable, and they say plainly that they cannot run yet.
 _PENDING = {
-    "train-vqgan": "Train the first-stage VQ-GAN and cache the dataset's latents.",
     "train-ldm": "Train the latent diffusion model with the feature extractor, DyGA and Skip Dropout.",
     "eval-metrics": "Compute FactorVAE, DCI, MIG, SAP, Modularity, InfoMEC, TAD and FID.",
     "downstream-gbt": "The paper's GBT sample-efficiency downstream task (Table 5).",

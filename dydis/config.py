@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from dydis.errors import ConfigError
+from dydis.models.config import VQGAN_PRESETS, VQGANConfig, VQLossConfig
 
 T = TypeVar("T")
 
@@ -85,6 +86,8 @@ def build_config(
     data: dict[str, Any] = load_yaml(file) if file else {}
     data = merge(data, {k: v for k, v in (flags or {}).items() if v is not None})
     data = merge(data, parse_overrides(overrides))
+    if hasattr(cls, "with_preset_defaults"):  # a preset supplies the defaults of nested model configs
+        data = cls.with_preset_defaults(data)
     return from_dict(cls, data)
 
 
@@ -223,3 +226,55 @@ class PrepareDataConfig:
                 raise ConfigError(f"config key {key}: expected positive factor sizes, found {list(sizes)}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"config key workers: expected at least 1, found {self.workers}")
+
+
+Preset = Literal["paper", "small", "tiny"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainVQGANConfig:
+    """`train-vqgan`: the first stage (Table 7; the authors' taming-transformers settings)."""
+
+    data: str = ""  # dataset artifact: path, stage/name or stage/name@vN
+    preset: Preset = "paper"
+    model: VQGANConfig = dataclasses.field(default_factory=VQGANConfig)
+    loss: VQLossConfig = dataclasses.field(default_factory=VQLossConfig)
+    batch_size: int = 128  # per process
+    accumulate: int = 2  # gradient accumulation, as the authors' config
+    base_lr: float = 4.5e-6  # lr = base_lr x batch_size x accumulate x processes (taming's rule)
+    max_steps: int | None = None  # optimiser updates; or give epochs
+    epochs: float | None = None
+    holdout: int = 1024  # images never trained on, for the reconstruction PSNR
+    gpus: int = 0  # 0 = CPU; N = one process per GPU (DDP)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    lpips_vgg: str | None = None  # torchvision vgg16-397923af.pth; default: the torch hub cache if present
+    lpips_heads: str | None = None  # LPIPS v0.1 vgg.pth (the lpips package's weights/v0.1/vgg.pth)
+    log_every: int = 10
+    checkpoint_every: int = 200
+    seed: int = 42
+
+    @staticmethod
+    def with_preset_defaults(data: dict[str, Any]) -> dict[str, Any]:
+        preset = data.get("preset", "paper")
+        if preset in VQGAN_PRESETS and isinstance(data.get("model", {}), dict):
+            data = merge(data, {"model": merge(dataclasses.asdict(VQGAN_PRESETS[preset]), data.get("model", {}))})
+        return data
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("config key data: name the dataset artifact to train on (--data)")
+        if self.max_steps is None and self.epochs is None:
+            raise ConfigError("config keys max_steps / epochs: say how long to train (--max-steps or --epochs)")
+        for key in ("batch_size", "accumulate", "log_every", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"config key max_steps: expected at least 1, found {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"config key epochs: expected a positive number, found {self.epochs}")
+        if self.gpus < 0:
+            raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
+        if self.holdout < 1:
+            raise ConfigError(f"config key holdout: expected at least 1 image, found {self.holdout}")
+        if self.base_lr <= 0:
+            raise ConfigError(f"config key base_lr: expected a positive rate, found {self.base_lr}")

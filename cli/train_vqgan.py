@@ -1,0 +1,56 @@
+"""`dydis train-vqgan`: a dataset artifact -> a vqgan artifact with cached latents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
+                              emit_result, handle_errors, store_for)
+from dydis.config import TrainVQGANConfig, build_config
+
+
+@handle_errors
+def train_vqgan(
+    data: Annotated[Optional[str], typer.Option(help="Dataset artifact: path, stage/name or stage/name@vN.",
+                                                show_default=False)] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Model size: paper, small or tiny [default: paper].",
+                                                  show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimiser updates to train.", show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Or: epochs to train.", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per process per micro-batch [default: 128].",
+                                                      show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU.", show_default=False)] = None,
+    lpips_vgg: Annotated[Optional[Path], typer.Option(help="torchvision vgg16-397923af.pth for LPIPS.",
+                                                      show_default=False)] = None,
+    lpips_heads: Annotated[Optional[Path], typer.Option(help="LPIPS v0.1 vgg.pth (linear heads).",
+                                                        show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run's last checkpoint.")] = False,
+    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    name: NameOpt = None,
+    seed: SeedOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Train the first-stage VQ-GAN (Table 7) and cache the dataset's latents for train-ldm.
+
+    Prints the vqgan artifact path on stdout. Example:
+
+      dydis train-vqgan --data prepare-data/synthetic --preset tiny --max-steps 200
+    """
+    from dydis.stages import train_vqgan as stage  # deferred: imports torch
+
+    flags = dict(data=data, preset=preset, max_steps=max_steps, epochs=epochs, batch_size=batch_size, gpus=gpus,
+                 lpips_vgg=str(lpips_vgg) if lpips_vgg else None, lpips_heads=str(lpips_heads) if lpips_heads else None,
+                 seed=seed)
+    cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
+    artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, progress=RichProgress())
+    r = artifact.results
+    console.print(f"[green]wrote[/] {artifact.ref}: PSNR {r['psnr']:.2f} dB on {r['holdout_images']} held-out images, "
+                  f"{r['codes_used']} codes used (perplexity {r['perplexity']:.1f}), {r['steps']} steps",
+                  highlight=False)
+    emit_result(artifact.path)

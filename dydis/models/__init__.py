@@ -1,0 +1,1 @@
+"""Neural network modules: the VQ-GAN, the conditional U-Net, the feature extractor."""

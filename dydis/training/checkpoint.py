@@ -1,0 +1,47 @@
+"""Atomic, resumable checkpoints.
+
+A checkpoint is written to a temporary file and renamed over the previous one, so a crash
+while saving leaves the last good checkpoint in place. It carries everything needed to
+continue bit-for-bit: weights, optimiser states, the step, and the states of the random
+generators the loop owns.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dydis.errors import DataError
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise DataError("no checkpoint to resume from", path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a truncated file raises several unrelated types
+        raise DataError(f"unreadable checkpoint ({err.__class__.__name__}); delete it to start over", path) from None
+
+
+def cpu_state(module_or_optimizer) -> dict[str, Any]:
+    """A state dict with every tensor on the CPU, so checkpoints load on any device."""
+    def move(value):
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().clone()
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(module_or_optimizer.state_dict())

@@ -1,0 +1,252 @@
+"""The VQ-GAN training loop, its evaluation (PSNR, codebook use) and the latent cache.
+
+One optimiser update ("step") accumulates ``accumulate`` micro-batches per process; with
+several processes, gradients are averaged across them after accumulation, as DDP would.
+The loop runs in every process; only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from dydis.config import TrainVQGANConfig
+from dydis.distributed import Context
+from dydis.errors import DydisError
+from dydis.models.lpips import HUB_VGG16, LPIPS
+from dydis.models.vqgan import VQGAN
+from dydis.models.vqgan_loss import VQGANLoss
+from dydis.progress import Progress, SilentProgress
+from dydis.training.batches import BatchStream, to_model_input
+from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("dydis.train_vqgan")
+CHECKPOINT = "checkpoint.pt"
+LOG_CSV = "log.csv"
+
+
+class TrainingDiverged(DydisError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def build_models(cfg: TrainVQGANConfig, lpips: LPIPS | None) -> tuple[VQGAN, VQGANLoss]:
+    """The autoencoder and its loss, initialised from ``cfg.seed`` without touching global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return VQGAN(cfg.model), VQGANLoss(cfg.loss, lpips)
+
+
+def load_lpips(cfg: TrainVQGANConfig) -> LPIPS | None:
+    """LPIPS from local files, or None (with a warning) when its weights are not available."""
+    vgg = cfg.lpips_vgg or (str(HUB_VGG16) if HUB_VGG16.is_file() else None)
+    if vgg is None or cfg.lpips_heads is None or cfg.loss.perceptual_weight == 0:
+        if cfg.loss.perceptual_weight > 0:
+            log.warning("LPIPS disabled: needs local VGG16 weights (lpips_vgg) and LPIPS heads (lpips_heads); "
+                        "training with L1 + GAN + codebook only")
+        return None
+    return LPIPS.from_files(vgg, cfg.lpips_heads)
+
+
+def total_steps(cfg: TrainVQGANConfig, n_train: int, world_size: int) -> int:
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    micro_per_epoch = n_train // (cfg.batch_size * world_size)
+    return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.accumulate))
+
+
+def _autocast(ctx: Context, cfg: TrainVQGANConfig):
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
+    return torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def _average_gradients(parameters: list[torch.nn.Parameter], ctx: Context) -> None:
+    """Average gradients across processes with one flat all-reduce."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not ctx.distributed or not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: torch.Tensor, run_dir: Path,
+        resume: bool, progress: Progress | None = None) -> VQGAN:
+    """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's trained model.
+
+    The final state is also saved as the checkpoint (by rank 0).
+
+    ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on.
+    """
+    progress = progress or SilentProgress()
+    device = ctx.device
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, loss_fn = build_models(cfg, load_lpips(cfg))
+    model.to(device)
+    loss_fn.to(device)
+    discriminator = loss_fn.discriminator
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        discriminator.to(memory_format=torch.channels_last)
+    lr = cfg.base_lr * cfg.batch_size * cfg.accumulate * ctx.world_size  # taming's scaling rule
+    fused = device.type == "cuda"
+    opt_ae = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.9), fused=fused)
+    stream = BatchStream(len(train_rows), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
+    steps = total_steps(cfg, len(train_rows), ctx.world_size)
+    step = 0
+    checkpoint_path = run_dir / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        discriminator.load_state_dict(state["discriminator"])
+        opt_ae.load_state_dict(state["opt_ae"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = state["step"]
+        if ctx.is_main:
+            log.info("resumed from %s at step %d of %d", checkpoint_path, step, steps)
+    images_on_device = images.to(device) if device.type == "cuda" else images
+    rows_on_device = train_rows.to(images_on_device.device)
+    model_params, disc_params = list(model.parameters()), list(discriminator.parameters())
+
+    def save(at_step: int) -> None:
+        if ctx.is_main:
+            save_checkpoint(checkpoint_path, {
+                "model": cpu_state(model), "discriminator": cpu_state(discriminator),
+                "opt_ae": cpu_state(opt_ae), "opt_d": cpu_state(opt_d), "step": at_step, "config": cfg,
+            })
+
+    logger = _CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
+    started, seen = time.perf_counter(), 0
+    with progress.task("train-vqgan", total=steps, unit="step") as task:
+        task.advance(step)
+        while step < steps:
+            totals: dict[str, torch.Tensor] = {}
+            for micro in range(cfg.accumulate):
+                rows = rows_on_device[stream.batch(step * cfg.accumulate + micro).to(rows_on_device.device)]
+                x = to_model_input(images_on_device[rows]).to(device, non_blocking=True)
+                if device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(ctx, cfg):
+                    out = model(x)
+                    discriminator.requires_grad_(False)  # the generator's pass must not train D
+                    g = loss_fn.generator(x, out.reconstruction, out.codebook_loss, model.last_layer, step)
+                    discriminator.requires_grad_(True)
+                    d = loss_fn.discriminator_step(x, out.reconstruction, step)
+                (g.loss / cfg.accumulate).backward()
+                (d.loss / cfg.accumulate).backward()
+                for key, value in {**g.logs, **d.logs}.items():
+                    totals[key] = totals.get(key, 0.0) + value.float() / cfg.accumulate
+            _average_gradients(model_params, ctx)
+            _average_gradients(disc_params, ctx)
+            losses = torch.stack([totals["ae_loss"], totals["d_loss"]])
+            if not bool(torch.isfinite(losses).all()):  # one host sync per step
+                raise TrainingDiverged(f"loss became non-finite at step {step} (ae {losses[0].item():.4g}, "
+                                       f"d {losses[1].item():.4g}); the last good checkpoint is kept "
+                                       "— lower base_lr and resume", checkpoint_path)
+            opt_ae.step()
+            opt_d.step()
+            opt_ae.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            step += 1
+            seen += cfg.batch_size * cfg.accumulate * ctx.world_size
+            task.advance(1)
+            if step % cfg.log_every == 0 or step == steps:
+                rate = seen / (time.perf_counter() - started)
+                row = {"step": step, "epoch": round(stream.epoch_of(step * cfg.accumulate), 4),
+                       **{k: float(v) for k, v in totals.items()}, "images_per_s": round(rate, 1)}
+                task.update(description=f"train-vqgan l1 {row['l1']:.4f}")
+                if logger is not None:
+                    logger.write(row)
+            if step % cfg.checkpoint_every == 0 or step == steps:
+                save(step)
+    if logger is not None:
+        logger.close()
+    return model
+
+
+class _CsvLog:
+    """Appends training log rows; on resume, drops rows logged after the checkpoint."""
+
+    def __init__(self, path: Path, keep_until: int):
+        rows = []
+        if path.is_file() and keep_until > 0:
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
+        self.path, self.rows = path, rows
+        self._flush()
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            self.path.write_text("")
+            return
+        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+        with open(self.path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def close(self) -> None:
+        self._flush()
+
+
+# ---- evaluation and the latent cache -------------------------------------------------------
+
+
+def batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.no_grad()
+def evaluate_reconstructions(model: VQGAN, images: np.ndarray, device: torch.device, batch_size: int = 256) -> dict:
+    """PSNR (dB, on uint8 pixels) and codebook statistics on images (n, 64, 64, 3) uint8."""
+    model.eval()
+    psnrs, counts = [], torch.zeros(model.cfg.n_embed, dtype=torch.float64)
+    for part in batches(len(images), batch_size):
+        x = to_model_input(torch.from_numpy(images[part])).to(device)
+        out = model(x)
+        recon = ((out.reconstruction.clamp(-1, 1) + 1) * 127.5).round()
+        target = torch.from_numpy(images[part]).to(device).permute(0, 3, 1, 2).float()
+        mse = (recon - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+        psnrs.append((10 * torch.log10(255.0 ** 2 / mse)).cpu())
+        counts += torch.bincount(out.indices.flatten().cpu(), minlength=model.cfg.n_embed).double()
+    probs = counts / counts.sum()
+    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    return {"psnr": float(torch.cat(psnrs).mean()), "codebook_usage": float((counts > 0).double().mean()),
+            "codes_used": int((counts > 0).sum()), "perplexity": float(entropy.exp())}
+
+
+@torch.no_grad()
+def reconstruct(model: VQGAN, images: np.ndarray, device: torch.device) -> np.ndarray:
+    model.eval()
+    out = model(to_model_input(torch.from_numpy(images)).to(device)).reconstruction
+    return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.no_grad()
+def encode_all(model: VQGAN, read_images, n: int, device: torch.device, out: np.ndarray, batch_size: int = 512,
+               on_rows=None) -> None:
+    """Fill ``out`` (n, embed_dim, 16, 16) with the pre-quantisation latents of rows 0..n-1."""
+    model.eval()
+    for part in batches(n, batch_size):
+        x = to_model_input(torch.from_numpy(read_images(part))).to(device)
+        out[part] = model.encode(x).float().cpu().numpy().astype(out.dtype)
+        if on_rows is not None:
+            on_rows(part.stop - part.start)

@@ -1,0 +1,61 @@
+"""`dydis train-vqgan` end to end on a tiny synthetic dataset."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from conftest import artifact_dirs
+from dydis.cli.main import app
+
+runner = CliRunner()
+SMALL = ["--set", "model.ch=8", "--set", "model.norm_groups=4", "--set", "model.n_embed=32",
+         "--set", "loss.disc_width=8", "--set", "holdout=8"]
+
+
+def test_train_vqgan_writes_weights_and_latent_cache(tmp_path):
+    root = str(tmp_path / "store")
+    data = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "2,2,2,1,2,2", "--root", root])
+    assert data.exit_code == 0, data.output
+    result = runner.invoke(app, ["train-vqgan", "--data", "prepare-data/synthetic", "--preset", "tiny", "--max-steps",
+                                 "3", "--batch-size", "8", "--root", root, "--runs", str(tmp_path / "runs"), *SMALL])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    manifest = yaml.safe_load(open(f"{path}/manifest.yaml"))
+    assert manifest["kind"] == "vqgan" and manifest["inputs"][0]["ref"] == "prepare-data/synthetic@v1"
+    assert manifest["config"]["model"]["ch"] == 8 and manifest["results"]["steps"] == 3
+    for name in ("model.pt", "latents.h5", "reconstructions.png", "loss.csv", "loss.png"):
+        assert name in manifest["files"]
+    with h5py.File(f"{path}/latents.h5") as h5:
+        latents = h5["latents"][()]
+        assert latents.shape == (32, 3, 16, 16) and latents.dtype == np.float16
+        assert h5.attrs["scale_factor"] == 1 / h5.attrs["std"]
+        assert len(h5["holdout_rows"][()]) == 3  # at most a tenth of the 32 images are held out
+    # the cached latents are the weights' encodings of the dataset rows, in order
+    from dydis.data.standard import DatasetFile
+    from dydis.models.vqgan import VQGAN
+    from dydis.training.batches import to_model_input
+
+    model = VQGAN.from_file(f"{path}/model.pt")
+    with DatasetFile(manifest["inputs"][0]["path"] + "/data.h5") as ds, torch.no_grad():
+        expected = model.encode(to_model_input(torch.from_numpy(ds.images[:4]))).numpy()
+    np.testing.assert_allclose(latents[:4].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
+    assert 0 < manifest["results"]["codebook_usage"] <= 1 and manifest["results"]["psnr"] > 0
+
+
+def test_train_vqgan_refuses_a_wrong_kind_input(tmp_path):
+    root = str(tmp_path / "store")
+    runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "2,2,2,1,2,2", "--root", root])
+    first = runner.invoke(app, ["train-vqgan", "--data", "prepare-data/synthetic", "--preset", "tiny", "--max-steps", "1",
+                                "--batch-size", "8", "--root", root, "--runs", str(tmp_path / "runs"), *SMALL])
+    assert first.exit_code == 0, first.output
+    before = artifact_dirs(tmp_path / "store")
+    result = runner.invoke(app, ["train-vqgan", "--data", "train-vqgan/synthetic", "--max-steps", "1", "--root", root])
+    assert result.exit_code == 2
+    assert "expected a dataset artifact, found a vqgan artifact" in result.stderr
+    assert artifact_dirs(tmp_path / "store") == before
+    missing = runner.invoke(app, ["train-vqgan", "--max-steps", "1", "--root", root])
+    assert missing.exit_code == 2 and "data" in missing.stderr
