@@ -172,3 +172,67 @@ def test_stdout_is_the_artifact_path(tmp_path, store_root):
                                  str(store_root), "--name", "tiny"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [str(store_root / "prepare-data" / "tiny" / "v1")]
+
+
+# ---- cars3d and celeba through the stage and the CLI ---------------------------------------
+
+
+def test_cars3d_from_the_archive(tmp_path, store_root):
+    from test_cars3d import NAMES, colour_to_factors, good_members, write_archive
+
+    archive = write_archive(tmp_path / "nips2015-analogy-data.tar.gz", good_members())
+    artifact = prepare(store_root, dataset="cars3d", source=str(archive))
+    with DatasetFile(artifact.file("data.h5")) as data:
+        assert data.factor_names == ("elevation", "azimuth", "object") and data.factor_sizes == (4, 24, len(NAMES))
+        assert data.is_full_grid
+        for image, factors in zip(data.images[:], data.factors):
+            assert colour_to_factors(image[48, 48]) == tuple(factors)
+
+
+def test_celeba_attributes_and_split(tmp_path, store_root):
+    from test_celeba import write_celeba
+
+    names, values, split = write_celeba(tmp_path / "celeba", n=6)
+    artifact = prepare(store_root, dataset="celeba", source=str(tmp_path / "celeba"), workers=1)
+    with DatasetFile(artifact.file("data.h5")) as data:
+        assert data.factors.shape == (6, 0) and len(data.attribute_names) == 40
+        np.testing.assert_array_equal(data.attributes, values)
+        np.testing.assert_array_equal(data.split, split)
+    assert "attributes" in artifact.results["preview"][0]
+
+
+def _celeba_case(tmp_path, case):
+    from test_celeba import write_celeba
+
+    root = tmp_path / "celeba"
+    names, _, _ = write_celeba(root, n=6)
+    if case == "corrupt-jpg":
+        jpeg = root / "img_align_celeba" / names[2]
+        jpeg.write_bytes(jpeg.read_bytes()[:200])
+        return names[2]
+    attributes = root / "list_attr_celeba.txt"
+    lines = attributes.read_text().splitlines()
+    lines[4] = lines[4] + " 1"  # one column too many on the third image's row
+    attributes.write_text("\n".join(lines) + "\n")
+    return "list_attr_celeba.txt"
+
+
+@pytest.mark.parametrize("case", ["corrupt-jpg", "attribute-columns"])
+def test_celeba_bad_input_exits_2(tmp_path, store_root, case):
+    named = _celeba_case(tmp_path, case)
+    result = runner.invoke(app, ["prepare-data", "--dataset", "celeba", "--source", str(tmp_path / "celeba"),
+                                 "--workers", "1", "--root", str(store_root)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and named in lines[0], result.stderr
+    assert artifact_dirs(store_root) == []
+
+
+def test_cars3d_truncated_archive_exits_2(tmp_path, store_root):
+    from test_cars3d import good_members, write_archive
+
+    archive = truncate(write_archive(tmp_path / "nips2015-analogy-data.tar.gz", good_members()), 0.6)
+    result = runner.invoke(app, ["prepare-data", "--dataset", "cars3d", "--source", str(archive), "--root",
+                                 str(store_root)])
+    assert result.exit_code == 2 and "nips2015-analogy-data.tar.gz" in result.stderr.strip().splitlines()[-1]
+    assert len(result.stderr.strip().splitlines()) == 1 and artifact_dirs(store_root) == []
