@@ -48,6 +48,7 @@ def test_unknown_key_or_wrong_type_names_the_key(override, key):
 
 
 def test_coercions():
+    assert build_config(Outer, overrides=["inner.rate=2e-5"]).inner.rate == 2e-5
     cfg = build_config(Outer, overrides=["limit=null", "inner.levels=4,5,6", "inner.rate=1", "name=2024"])
     assert cfg.limit is None and cfg.inner.levels == (4, 5, 6) and cfg.inner.rate == 1.0 and cfg.name == "2024"
     assert isinstance(cfg.inner.rate, float)
