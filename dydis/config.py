@@ -250,6 +250,7 @@ class TrainVQGANConfig:
     max_steps: int | None = None  # optimiser updates; or give epochs
     epochs: float | None = None
     holdout: int = 1024  # images never trained on, for the reconstruction PSNR
+    dead_code_restart: int = 0  # every N steps, re-seed unused codes from batch encodings (0 = off, as the authors)
     gpus: int = 0  # 0 = CPU; N = one process per GPU (DDP)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     lpips_vgg: str | None = None  # torchvision vgg16-397923af.pth; default: the torch hub cache if present
@@ -270,6 +271,9 @@ class TrainVQGANConfig:
             raise ConfigError("config key data: name the dataset artifact to train on (--data)")
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("config keys max_steps / epochs: say how long to train (--max-steps or --epochs)")
+        if self.dead_code_restart < 0:
+            raise ConfigError(f"config key dead_code_restart: expected 0 (off) or a step interval, found "
+                              f"{self.dead_code_restart}")
         for key in ("batch_size", "accumulate", "log_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")

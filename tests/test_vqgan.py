@@ -161,3 +161,21 @@ def test_ddp_starts_on_cpu_with_gloo(tmp_path):
     untrained, _ = training.build_models(cfg, None)
     initial = torch.stack([p.detach().double().sum() for p in untrained.parameters()])
     assert not torch.allclose(replicas[0], initial)  # and they did train
+
+
+def test_dead_codes_restart_onto_encodings():
+    quantizer = VectorQuantizer(16, 3, beta=0.25).train()
+    z = torch.randn(2, 3, 4, 4) * 3
+    quantizer(z)
+    used = quantizer.usage > 0
+    before = quantizer.embedding.weight.detach().clone()
+    encodings = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    restarted = quantizer.restart_dead_codes_(encodings, torch.Generator().manual_seed(0))
+    after = quantizer.embedding.weight.detach()
+    assert restarted == int((~used).sum()) > 0
+    assert torch.equal(after[used], before[used])  # codes in use stay where they are
+    for code in after[~used]:  # each restarted code sits on one of the encodings
+        assert torch.isclose(encodings, code).all(1).any()
+    assert quantizer.usage.sum() == 0
+    spread = quantizer(z).indices.unique().numel()
+    assert spread > int(used.sum())  # the restarted codes are taken up

@@ -146,6 +146,8 @@ class VectorQuantizer(nn.Module):
         self.beta = beta
         self.embedding = nn.Embedding(n_embed, embed_dim)
         self.embedding.weight.data.uniform_(-1.0 / n_embed, 1.0 / n_embed)
+        # hits per code since the last dead-code restart (training only)
+        self.register_buffer("usage", torch.zeros(n_embed))
 
     def forward(self, z: Tensor) -> Quantized:  # z: (b, d, h, w)
         b, d, h, w = z.shape
@@ -154,11 +156,28 @@ class VectorQuantizer(nn.Module):
         # ||z - e||^2 = ||z||^2 + ||e||^2 - 2 z.e, as one matmul
         distances = flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1) - 2 * flat @ codes.t()
         indices = distances.argmin(1)
+        if self.training:
+            self.usage += torch.bincount(indices, minlength=self.usage.numel()).to(self.usage.dtype)
         z_q = rearrange(codes[indices], "(b h w) d -> b d h w", b=b, h=h, w=w)
         zf = z.float()
         loss = F.mse_loss(z_q, zf.detach()) + self.beta * F.mse_loss(zf, z_q.detach())
         z_q = zf + (z_q - zf).detach()  # straight-through: forward z_q, backward identity
         return Quantized(z_q.to(z.dtype), loss, rearrange(indices, "(b h w) -> b h w", b=b, h=h, w=w))
+
+    @torch.no_grad()
+    def restart_dead_codes_(self, encodings: Tensor, generator: torch.Generator) -> int:
+        """Move codes unused since the last call onto random encodings (n, d); returns how many.
+
+        With 3-dimensional codes initialised in a tiny box, most codes are never chosen and the
+        codebook collapses to a handful (a known VQ failure); re-seeding them where the encoder
+        puts its outputs brings them back into use. Off by default: the authors do not do it.
+        """
+        dead = (self.usage == 0).nonzero().squeeze(1)
+        if len(dead):
+            picks = torch.randint(len(encodings), (len(dead),), generator=generator).to(encodings.device)
+            self.embedding.weight.data[dead] = encodings[picks].to(self.embedding.weight.dtype)
+        self.usage.zero_()
+        return len(dead)
 
     def lookup(self, indices: Tensor) -> Tensor:
         """Code vectors (b, d, h, w) of indices (b, h, w)."""

@@ -161,6 +161,8 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
             opt_ae.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
             step += 1
+            if cfg.dead_code_restart and step % cfg.dead_code_restart == 0:
+                totals["restarted_codes"] = torch.tensor(float(_restart_dead_codes(model, x, step, cfg, ctx)))
             seen += cfg.batch_size * cfg.accumulate * ctx.world_size
             task.advance(1)
             if step % cfg.log_every == 0 or step == steps:
@@ -175,6 +177,20 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
     if logger is not None:
         logger.close()
     return model
+
+
+def _restart_dead_codes(model: VQGAN, x: torch.Tensor, step: int, cfg: TrainVQGANConfig, ctx: Context) -> int:
+    """Re-seed unused codes from this batch's encodings, identically in every process."""
+    quantizer = model.quantize
+    if ctx.distributed:
+        dist.all_reduce(quantizer.usage)
+    with torch.no_grad():
+        encodings = model.encode(x).float().permute(0, 2, 3, 1).reshape(-1, model.cfg.embed_dim)
+    generator = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+    restarted = quantizer.restart_dead_codes_(encodings, generator)
+    if ctx.distributed:  # rank 0's encodings win, so the replicas keep one codebook
+        dist.broadcast(quantizer.embedding.weight.data, 0)
+    return restarted
 
 
 class _CsvLog:
