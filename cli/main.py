@@ -7,6 +7,7 @@ import typer
 from dydis import __version__
 from dydis.cli import artifacts
 from dydis.cli.common import fail
+from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
 from dydis.cli.train_vqgan import train_vqgan
 
@@ -35,12 +36,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 app.command("prepare-data")(prepare_data)
 app.command("train-vqgan")(train_vqgan)
+app.command("eval-metrics")(eval_metrics)
 
 # Stages that later issues build: they exist in the CLI now so that scripts and --help are
 # stable, and they say plainly that they cannot run yet.
 _PENDING = {
     "train-ldm": "Train the latent diffusion model with the feature extractor, DyGA and Skip Dropout.",
-    "eval-metrics": "Compute FactorVAE, DCI, MIG, SAP, Modularity, InfoMEC, TAD and FID.",
     "downstream-gbt": "The paper's GBT sample-efficiency downstream task (Table 5).",
     "visualize": "Latent interchange, attention maps, interpolation, unit plots, training curves.",
     "run": "Run the stages of a workflow.yaml in order, skipping those that are up to date.",

@@ -287,3 +287,27 @@ class TrainVQGANConfig:
             raise ConfigError(f"config key holdout: expected at least 1 image, found {self.holdout}")
         if self.base_lr <= 0:
             raise ConfigError(f"config key base_lr: expected a positive rate, found {self.base_lr}")
+
+
+MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec", "tad", "fid"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalMetricsConfig:
+    """`eval-metrics`: disentanglement metrics of representations (DESIGN section 7)."""
+
+    data: str = ""  # dataset artifact with the ground truth
+    reps: tuple[str, ...] = ()  # .npz files with `codes` aligned with the dataset rows (one per model/seed)
+    metrics: tuple[MetricName, ...] | None = None  # default: every metric the dataset allows
+    reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each (PCA(1) per unit: the paper)
+    tad_protocol: Literal["dis-dis", "nashae"] = "dis-dis"
+    infomec_active: Literal["iqr", "range"] = "iqr"  # the authors' vendored rule, or latent_quantization's
+    dci_backend: Literal["sklearn", "fast"] = "sklearn"  # fast: same trees from presorted columns, 5-7x quicker
+    n_jobs: int = -1  # parallel fits (joblib); -1 = every core
+    seed: int = 0  # each metric draws from a fresh RandomState(seed)
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
+        if not self.reps:
+            raise ConfigError("config key reps: give at least one representation file (--reps codes.npz)")

@@ -1,0 +1,58 @@
+"""`dydis eval-metrics`: representations + a dataset artifact -> a metrics artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
+                              emit_result, handle_errors, store_for)
+from dydis.config import EvalMetricsConfig, build_config
+
+
+@handle_errors
+def eval_metrics(
+    data: Annotated[Optional[str], typer.Option(help="Dataset artifact the representations belong to.",
+                                                show_default=False)] = None,
+    reps: Annotated[Optional[list[Path]], typer.Option(
+        help="An .npz with `codes` (n_rows, n_codes) or (n_rows, N, D) in dataset row order; repeat for "
+             "several models/seeds (mean +- std).", show_default=False)] = None,
+    metrics: Annotated[Optional[str], typer.Option(
+        help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad [default: all that apply].",
+        show_default=False)] = None,
+    reduce: Annotated[Optional[str], typer.Option(help="Vector units to scalars: pca (paper), scalar or none.",
+                                                  show_default=False)] = None,
+    n_jobs: Annotated[Optional[int], typer.Option(help="Parallel fits; -1 = all cores.", show_default=False)] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    root: RootOpt = None,
+    name: NameOpt = None,
+    seed: SeedOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compute FactorVAE, DCI, MIG, SAP, Modularity/Explicitness, InfoMEC (and TAD on CelebA).
+
+    Definitions and defaults follow disentanglement_lib (DESIGN section 7). Prints the
+    metrics artifact path on stdout and a table on stderr. Example:
+
+      dydis eval-metrics --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
+    """
+    from dydis.stages import eval_metrics as stage  # deferred: imports scikit-learn
+
+    flags = dict(data=data, reps=[str(p) for p in reps] if reps else None, metrics=metrics, reduce=reduce,
+                 n_jobs=n_jobs, seed=seed)
+    cfg = build_config(EvalMetricsConfig, file=config, flags=flags, overrides=set_)
+    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    summary = artifact.results["metrics"]
+    runs = artifact.results["runs"]
+    table = Table(title=f"{artifact.ref} ({runs} representation{'s' if runs > 1 else ''})")
+    table.add_column("metric")
+    table.add_column("mean ± std" if runs > 1 else "value", justify="right")
+    for metric, stats in summary.items():
+        value = f"{stats['mean']:.3f} ± {stats['std']:.3f}" if runs > 1 else f"{stats['mean']:.4g}"
+        table.add_row(metric, value)
+    console.print(table)
+    emit_result(artifact.path)

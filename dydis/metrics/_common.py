@@ -1,0 +1,86 @@
+"""Helpers shared by the metrics: input checks, the histogram discretiser, discrete MI.
+
+The discretiser and the mutual information follow disentanglement_lib's
+``evaluation/metrics/utils.py`` (``_histogram_discretize``, ``discrete_mutual_info``,
+``discrete_entropy``), transposed to our samples-first layout.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import mutual_info_score
+
+from dydis.errors import DataError
+from dydis.metrics.ground_truth import GroundTruth
+
+
+def check_codes(codes: np.ndarray, ground_truth: GroundTruth | None = None) -> np.ndarray:
+    """Validate a representation (n_rows, n_codes), aligned with the ground truth's rows.
+
+    The dtype is kept as given: disentanglement_lib computes the histograms and variances in
+    the representation's own dtype, and float32 codes give (slightly) different bin edges
+    than their float64 copies would.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise DataError(
+            f"codes must be (n_rows, n_codes), got shape {codes.shape}; reduce vector units "
+            "with dydis.metrics.reduce_units first"
+        )
+    if not (np.issubdtype(codes.dtype, np.floating) or np.issubdtype(codes.dtype, np.integer)):
+        raise DataError(f"codes must be numeric, got dtype {codes.dtype}")
+    if np.issubdtype(codes.dtype, np.integer):
+        codes = codes.astype(np.float64)
+    if ground_truth is not None and codes.shape[0] != ground_truth.n_rows:
+        raise DataError(
+            f"codes have {codes.shape[0]} rows but the ground truth has {ground_truth.n_rows}; "
+            "the representation must be aligned with the dataset rows"
+        )
+    if not np.isfinite(codes).all():
+        raise DataError("codes contain NaN or infinite values; replace them (np.nan_to_num) first")
+    return codes
+
+
+def histogram_discretize(codes: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """Bin each code into ``n_bins`` equal-width bins over its own range, values 1..n_bins.
+
+    disentanglement_lib's ``_histogram_discretize``: ``np.digitize`` against the left edges of
+    ``np.histogram(code, n_bins)``, so the maximum falls in bin ``n_bins`` and a constant code
+    in bin ``n_bins`` too (numpy widens a zero range to +-0.5).
+
+    Parameters
+    ----------
+    codes : (n_samples, n_codes) float
+    n_bins : int
+
+    Returns
+    -------
+    (n_samples, n_codes) int64
+    """
+    out = np.empty(codes.shape, dtype=np.int64)
+    for i in range(codes.shape[1]):
+        edges = np.histogram_bin_edges(codes[:, i], n_bins)
+        out[:, i] = np.digitize(codes[:, i], edges[:-1])
+    return out
+
+
+def discrete_mutual_info(discrete_codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """Mutual information in nats between each discretised code and each factor.
+
+    scikit-learn's ``mutual_info_score`` per pair, as in disentanglement_lib.
+
+    Returns
+    -------
+    (n_codes, n_factors) float64
+    """
+    n_codes, n_factors = discrete_codes.shape[1], factors.shape[1]
+    m = np.zeros((n_codes, n_factors))
+    for i in range(n_codes):
+        for j in range(n_factors):
+            m[i, j] = mutual_info_score(factors[:, j], discrete_codes[:, i])
+    return m
+
+
+def discrete_entropy(factors: np.ndarray) -> np.ndarray:
+    """Entropy in nats of each factor, (n_factors,), as ``mutual_info_score(y, y)``."""
+    return np.array([mutual_info_score(y, y) for y in factors.T])

@@ -1,0 +1,63 @@
+"""`dydis eval-metrics --reps` on an external representation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import artifact_dirs
+from dydis.cli.main import app
+from dydis.data.standard import DatasetFile
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = str(tmp_path / "store")
+    made = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "3,3,2,2,2,2", "--root", root])
+    assert made.exit_code == 0, made.output
+    with DatasetFile(made.stdout.strip() + "/data.h5") as data:
+        factors = data.factors
+    return root, factors
+
+
+def test_identity_and_shuffled_codes(tmp_path, dataset):
+    root, factors = dataset
+    rng = np.random.default_rng(0)
+    good = tmp_path / "good.npz"
+    np.savez(good, codes=factors + 0.01 * rng.standard_normal(factors.shape))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, codes=rng.standard_normal(factors.shape))
+    result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(good), "--reps",
+                                 str(bad), "--metrics", "mig", "--n-jobs", "1", "--root", root])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    report = json.loads(open(f"{path}/metrics.json").read())
+    good_mig, bad_mig = (r["metrics"]["mig"] for r in report["runs"])
+    assert good_mig > 0.9 and bad_mig < 0.1
+    assert report["summary"]["mig"]["mean"] == pytest.approx((good_mig + bad_mig) / 2)
+    assert report["summary"]["mig"]["std"] == pytest.approx(abs(good_mig - bad_mig) / 2)
+    assert "mig" in result.stderr and "±" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "key", "rows", "nan"])
+def test_bad_reps_exit_2(tmp_path, dataset, case):
+    root, factors = dataset
+    path = tmp_path / "reps.npz"
+    if case == "key":
+        np.savez(path, z=factors.astype(float))
+    elif case == "rows":
+        np.savez(path, codes=factors[:-1].astype(float))
+    elif case == "nan":
+        codes = factors.astype(float)
+        codes[3, 1] = np.nan
+        np.savez(path, codes=codes)
+    before = artifact_dirs(tmp_path / "store")
+    result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(path), "--root", root])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ") and "reps.npz" in result.stderr
+    assert artifact_dirs(tmp_path / "store") == before
