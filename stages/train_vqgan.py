@@ -75,7 +75,7 @@ def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None,
     with store.create(stage=STAGE, name=name, kind="vqgan", config=to_dict(cfg), inputs={"data": data_artifact},
                       seed=cfg.seed, device=str(device)) as writer:
         torch.save({"model": state["model"], "config": to_dict(cfg.model)}, writer.dir / "model.pt")
-        shown = held_rows[:16]
+        shown = held_rows[np.linspace(0, len(held_rows) - 1, min(16, len(held_rows))).astype(int)]
         sheet = np.concatenate([images[shown[:8]], training.reconstruct(model, images[shown[:8]], device),
                                 images[shown[8:16]], training.reconstruct(model, images[shown[8:16]], device)])
         save_grid(sheet, writer.dir / "reconstructions.png")
