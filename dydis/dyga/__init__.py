@@ -1,0 +1,10 @@
+"""Dynamic Gaussian Anchoring (paper section 3.2): anchor selection and feature alignment.
+
+``hddc.py`` holds the batched EM (HDDC and full covariance), ``anchors.py`` the anchor
+selection of Algorithm 2, ``align.py`` the feature alignment of eq. (6) / Algorithm 3, and
+``estimator.py`` the ``DyGA`` estimator that ties them together.
+"""
+
+from dydis.dyga.estimator import DyGA, DyGAInputError, DyGAParameterError
+
+__all__ = ["DyGA", "DyGAInputError", "DyGAParameterError"]

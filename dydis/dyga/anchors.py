@@ -1,0 +1,380 @@
+"""Anchor selection (paper section 3.2.1, Algorithm 2), batched over latent units.
+
+1. Initialise ``n_init`` Gaussians at random points with equal weights and isotropic
+   covariances (``init_scale``: I as the authors' code, or matched to the data) and fit
+   them by EM.
+2. Split. From one E-step, each Gaussian's *cluster* is the set of points whose
+   responsibility exceeds ``phi``; its *density* is eq. (5), the mean distance of the
+   cluster's points to the cluster's mean. Gaussians with density > ``psi``, and others at
+   random with probability ``random_split`` (to escape poor EM optima), are split: the two
+   children start at two points of the cluster (``child_init``: a uniform random pair as
+   the authors' code, or k-means++-spread) and are fitted by EM on the cluster's points
+   alone. All clusters chosen in a round, in every unit, are split together: each
+   cluster is one segment of a single batched EM whose points are that cluster's points.
+   The children are written back by slot number -- the first replaces its parent, the
+   second takes the next free slot -- so nothing shifts while a round is in flight (the
+   authors' loop removes entries from the list it is indexing). Rounds repeat until no
+   cluster is chosen or ``max_components`` is reached.
+3. Filter: Gaussians whose soft count (sum of responsibilities) is below
+   ``min_cluster_size`` are removed (at least one Gaussian per unit is kept).
+4. Final EM on all points. The anchors are the means.
+
+Two split rules:
+
+* ``paper`` -- every chosen cluster of a round is split (densest first when fewer slots are
+  left than candidates); the two children share the parent's weight in proportion to their
+  EM weights.
+* ``official`` -- the released code's schedule (youngjun-jun/dis-dis, ``DyGA.fit`` and
+  ``split_large_density_clusters``): a round with no cluster denser than ``psi`` splits only
+  its first candidate and does not count it, so random splits repeat until
+  ``max_components``; rounds with dense clusters split all candidates and count them, and
+  splitting stops after 3 counted splits. The children get half their EM weights and all
+  weights are renormalised. Unlike the released code, the cap is never exceeded,
+  bookkeeping is by slot, and the splits of a round come from one E-step rather than from
+  densities re-computed after every split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import repeat
+from torch import Tensor
+
+from dydis.dyga.hddc import RESP_EPS, EMResult, Mixture, Points, e_step, fit_em, isotropic
+
+#: Counted splits after which the released code stops splitting (its ``max_split_iter``).
+OFFICIAL_MAX_COUNTED_SPLITS = 3
+#: Consecutive rounds without a split after which splitting ends. Only the official rule
+#: has such rounds; the released loop would spin forever when every drawn cluster is too
+#: small to split.
+MAX_IDLE_ROUNDS = 100
+
+
+@dataclass(frozen=True)
+class EMSettings:
+    """Settings shared by every EM run of one anchor selection."""
+
+    model: str = "hddc"
+    max_iter: int = 30
+    tol: float = 1e-4
+    reg: float = 1e-6
+    dim_threshold: float = 0.2
+    n_dims: int | None = None
+    resp_eps: float = RESP_EPS
+    init_scale: str = "identity"
+
+    def run(self, points: Points, mix: Mixture, generator) -> tuple[Mixture, EMResult]:
+        return fit_em(points, mix, model=self.model, max_iter=self.max_iter, tol=self.tol, reg=self.reg,
+                      dim_threshold=self.dim_threshold, n_dims=self.n_dims, resp_eps=self.resp_eps,
+                      generator=generator)
+
+    def start(self, points: Points, means: Tensor) -> Mixture:
+        """Valid components at ``means`` [G, K, D] with equal weights and isotropic covariances.
+
+        ``init_scale="identity"``: covariance I, as the released code. ``"data"``: variance
+        = mean squared distance of the segment's points to their nearest starting mean, per
+        dimension, so the first E-step already separates the components; with I in the
+        [-1, 0]-scaled space every point is claimed almost equally by all of them.
+        """
+        G, K, D = means.shape
+        full = self.model == "full"
+        if self.init_scale == "identity":
+            variance = torch.ones(G, dtype=torch.float64, device=means.device)
+        else:
+            variance = nearest_mean_variance(points, means).clamp(min=self.reg)
+        mix = isotropic(G, K, D, 1.0, full=full, dtype=means.dtype, device=means.device, n_dims=self.n_dims or 1)
+        var = variance.to(means.dtype)[:, None]
+        return mix._replace(
+            means=means, weights=torch.full_like(mix.weights, 1.0 / K), valid=torch.ones_like(mix.valid),
+            basis=mix.basis / var.sqrt()[..., None, None] if full else mix.basis,
+            scales=mix.scales if full else mix.scales * var[..., None],
+            noise=mix.noise if full else mix.noise * var,
+            log_det=(D * variance.log()).to(means.dtype)[:, None].expand(G, K).clone())
+
+
+def nearest_mean_variance(points: Points, means: Tensor) -> Tensor:
+    """Per segment: mean over its points of min_k ||x - mu_k||^2, divided by D. [G] float64."""
+    x64t = points.x64t
+    C, D, L = x64t.shape
+    mu = points.per_chunk(means).double()  # [C, K, D]
+    mu_sq = mu.square().sum(-1, keepdim=True)
+    block = max(1, (1 << 22) // max(1, C * mu.shape[1]))
+    near = torch.cat([(points.sqnorm[:, None, i:i + block] + mu_sq - 2.0 * torch.bmm(mu, x64t[:, :, i:i + block]))
+                      .amin(1).clamp(min=0) for i in range(0, L, block)], 1)  # [C, L]
+    count = torch.full((C,), float(L), dtype=torch.float64, device=x64t.device)
+    if points.mask is not None:
+        near = near * points.mask
+        count = points.mask.sum(1).double()
+    return points.per_segment(near.sum(1)) / points.per_segment(count).clamp(min=1) / D
+
+
+@dataclass
+class SelectionReport:
+    """Diagnostics of one anchor selection (tensors are per unit, [U])."""
+
+    initial: EMResult
+    final: EMResult
+    n_rounds: int = 0
+    n_splits: Tensor | None = None
+    n_filtered: Tensor | None = None
+    child_fits: list[EMResult] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 2: clusters, densities (eq. 5) and the choice of splits
+
+
+def cluster_members(resp: Tensor, phi: float) -> Tensor:
+    """The cluster of every point: the component whose responsibility exceeds ``phi``.
+
+    ``resp`` is [U, K, n]. With ``phi >= 0.5`` at most one component qualifies, so clusters
+    are disjoint. Returns [U, n] long, -1 for points in no cluster.
+    """
+    top, arg = resp.max(1)
+    return torch.where(top > phi, arg, torch.full_like(arg, -1))
+
+
+def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, Tensor]:
+    """Eq. (5): mean L2 distance of a cluster's points to the cluster's own mean.
+
+    Parameters
+    ----------
+    x : [U, n, D] points.
+    members : [U, n] cluster of each point (-1: none).
+
+    Returns
+    -------
+    densities [U, K] float64 (NaN for empty clusters) and sizes [U, K] long.
+    """
+    U, n, D = x.shape
+    slot = (members + 1).clamp(min=0)  # bin 0 collects the points of no cluster
+    sizes = torch.zeros(U, n_slots + 1, dtype=torch.float64, device=x.device)
+    sizes.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
+    index = repeat(slot, "u n -> u n d", d=D)
+    sums = torch.zeros(U, n_slots + 1, D, dtype=x.dtype, device=x.device).scatter_add_(1, index, x)
+    centre = (sums.double() / sizes.clamp(min=1).unsqueeze(-1)).to(x.dtype)
+    dist = (x - centre.gather(1, index)).norm(dim=-1)
+    total = torch.zeros(U, n_slots + 1, dtype=torch.float64, device=x.device).scatter_add_(1, slot, dist.double())
+    density = (total / sizes)[:, 1:]  # 0/0 = NaN: an empty cluster is never "dense"
+    return density, sizes[:, 1:].long()
+
+
+def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, random_split: float,
+                  max_components: int, rule: str, counted: Tensor, generator) -> tuple[Tensor, Tensor]:
+    """Which components to split this round, and which units go on splitting afterwards.
+
+    A cluster needs two points to be split (the children start at two of them).
+    ``counted`` [U] (official rule) is updated in place.
+
+    Returns
+    -------
+    chosen : [U, K] bool.
+    going_on : [U] bool. ``paper``: a cluster was chosen (Algorithm 2's loop ends when F is
+        empty). ``official``: some Gaussian was drawn at all, even one whose cluster is too
+        small to split -- the released loop skips those and draws again next round -- and
+        fewer than 3 splits were counted.
+    """
+    U, K = density.shape
+    draw = torch.rand(U, K, generator=generator, device=density.device, dtype=torch.float64)
+    splittable = valid & (sizes >= 2)
+    drawn = valid & ((density > psi) | (draw < random_split))
+    dense = splittable & (density > psi)
+    candidate = dense | (splittable & (draw < random_split))
+    room = (max_components - valid.sum(1)).clamp(min=0)  # [U]
+    if rule == "official":
+        room = torch.where(counted < OFFICIAL_MAX_COUNTED_SPLITS, room, torch.zeros_like(room))
+    # rank the candidates: dense ones first (densest first), then the random ones in draw order
+    key = torch.where(dense, 2.0 + density.nan_to_num(0.0), draw).masked_fill(~candidate, float("-inf"))
+    rank = torch.argsort(torch.argsort(key, dim=1, descending=True, stable=True), dim=1)
+    chosen = candidate & (rank < room.unsqueeze(1))
+    if rule == "official":
+        any_dense = (valid & (density > psi)).any(1)
+        first = candidate & (torch.cumsum(candidate.long(), 1) == 1)  # the lowest-slot candidate
+        chosen = torch.where(any_dense.unsqueeze(1), chosen, first & (room > 0).unsqueeze(1))
+        counted += torch.where(any_dense, chosen.sum(1), torch.zeros_like(counted))
+        room_left = valid.sum(1) + chosen.sum(1) < max_components
+        going_on = drawn.any(1) & (counted < OFFICIAL_MAX_COUNTED_SPLITS) & room_left
+        return chosen, going_on
+    return chosen, chosen.any(1) & (valid.sum(1) + chosen.sum(1) < max_components)
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 2: fitting the children of every chosen cluster at once
+
+
+@dataclass
+class SplitBatch:
+    """The chosen clusters of one round as segments of one EM."""
+
+    points: Points  # chunks of cluster points, owner = segment
+    unit: Tensor  # [G] unit of each segment
+    parent: Tensor  # [G] slot of the split component in its unit
+    first_two: Tensor  # [G, 2, D] the two starting points
+
+
+def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, generator,
+                child_init: str = "random") -> SplitBatch:
+    """Gather the points of every chosen cluster into chunks, one segment per cluster.
+
+    Points are ordered by (cluster, random key), so each cluster's points are contiguous
+    and its first point is uniformly random: the first child's starting mean. The second
+    child starts at the cluster's second point in that order (``child_init="random"``, a
+    uniform pair as in the released code) or at a point drawn with probability
+    proportional to its squared distance from the first (``"spread"``, k-means++ seeding,
+    Arthur & Vassilvitskii 2007), which keeps both children from starting in one mode.
+    """
+    U, n, D = x.shape
+    key = members.double() * 2.0 + torch.rand(U, n, generator=generator, device=x.device, dtype=torch.float64)
+    order = key.argsort(1)  # points of no cluster first, then cluster 0, 1, ...
+    first = (members < 0).sum(1, keepdim=True) + torch.cumsum(sizes, 1) - sizes  # [U, K]
+    unit, parent = chosen.nonzero(as_tuple=True)  # segments, in (unit, slot) order
+    seg_size = sizes[unit, parent]
+    seg_first = first[unit, parent]
+    # chunk length ~ half the mean cluster size: padding averages under half a chunk per cluster
+    mean_size = int(seg_size.sum()) // max(1, len(unit))  # sync: sizes the chunks
+    length = 1 << max(6, min(14, (max(1, mean_size // 2) - 1).bit_length()))
+    n_chunks = (seg_size + length - 1) // length
+    owner = torch.repeat_interleave(torch.arange(len(unit), device=x.device), n_chunks)
+    chunk_first = torch.cumsum(n_chunks, 0) - n_chunks
+    pos = (torch.arange(len(owner), device=x.device) - chunk_first[owner]).unsqueeze(1) * length \
+        + torch.arange(length, device=x.device)  # [C, length] position within the segment
+    mask = pos < seg_size[owner].unsqueeze(1)
+    sorted_pos = (seg_first[owner].unsqueeze(1) + pos).clamp(max=n - 1)
+    index = order[unit[owner]].gather(1, sorted_pos)  # [C, length] point numbers
+    chunk_x = x[unit[owner].unsqueeze(1), index] * mask.unsqueeze(-1)
+    two = order[unit].gather(1, torch.stack([seg_first, seg_first + 1], 1))  # [G, 2]
+    first_two = x[unit.unsqueeze(1), two]
+    if child_init == "spread":
+        first_two[:, 1] = _far_point(chunk_x, owner, mask, first_two[:, 0], generator)
+    return SplitBatch(Points.of(chunk_x, owner=owner, mask=mask), unit, parent, first_two)
+
+
+def _far_point(chunk_x: Tensor, owner: Tensor, mask: Tensor, first: Tensor, generator) -> Tensor:
+    """Per segment, a point drawn with probability proportional to its squared distance to
+    ``first`` [G, D] (Gumbel-max over the segment's chunks). Returns [G, D]."""
+    C, L, D = chunk_x.shape
+    G = first.shape[0]
+    dist = (chunk_x - first[owner].unsqueeze(1)).double().square().sum(-1)  # [C, L]
+    u = torch.rand(C, L, generator=generator, device=chunk_x.device, dtype=torch.float64)
+    key = dist.clamp(min=1e-300).log() - torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
+    key = key.masked_fill(~mask, float("-inf")).flatten()
+    seg = owner.repeat_interleave(L)
+    best = torch.full((G,), float("-inf"), dtype=key.dtype, device=key.device).scatter_reduce(0, seg, key, "amax")
+    position = torch.arange(C * L, device=key.device)
+    hit = torch.where(key == best[seg], position, torch.full_like(position, C * L))
+    pick = torch.full((G,), C * L, dtype=torch.long, device=key.device).scatter_reduce(0, seg, hit, "amin")
+    return chunk_x.reshape(C * L, D)[pick.clamp(max=C * L - 1)]
+
+
+def merge_children(mix: Mixture, children: Mixture, batch: SplitBatch, *, child_weights: str) -> Mixture:
+    """Write the children back: the first replaces its parent, the second takes a free slot.
+
+    ``mix`` must have room (``max_components`` slots). Children share their parent's weight
+    in proportion to their EM weights (``child_weights="parent"``) or, as in the released
+    code, get half their EM weights before every weight of the unit is renormalised
+    (``"half"``).
+    """
+    U, K, D = mix.means.shape
+    width = max(mix.width, children.width)
+    mix, children = mix.with_width(width), children.with_width(width)
+    unit, parent = batch.unit, batch.parent
+    n_valid = mix.valid.sum(1)
+    # rank of each segment among its unit's segments: segments come in unit order
+    seg_first = torch.searchsorted(unit, unit)
+    second = n_valid[unit] + torch.arange(len(unit), device=unit.device) - seg_first
+    if child_weights == "parent":
+        w = children.weights * mix.weights[unit, parent].unsqueeze(1)
+    else:
+        w = children.weights * 0.5
+    children = children._replace(weights=w)
+    target = torch.stack([unit * K + parent, unit * K + second], 1).flatten()  # [2G]
+    merged = Mixture(*(dst.flatten(0, 1).index_copy(0, target, src.flatten(0, 1)).view_as(dst)
+                       for dst, src in zip(mix, children)))
+    if child_weights != "parent":
+        total = (merged.weights * merged.valid).sum(1, keepdim=True)
+        merged = merged._replace(weights=merged.weights / total.clamp(min=1e-30))
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# Step 3: filtering
+
+
+def drop_small(points: Points, mix: Mixture, min_size: float) -> tuple[Mixture, Tensor]:
+    """Remove Gaussians whose soft count is below ``min_size``; keep at least the largest one.
+
+    Returns the compacted mixture (valid slots first, weights renormalised) and the number
+    removed per unit.
+    """
+    resp, _ = e_step(points, mix)
+    nk = resp.sum(-1, dtype=torch.float64)
+    del resp
+    keep = mix.valid & (nk >= min_size)
+    largest = torch.nn.functional.one_hot(nk.masked_fill(~mix.valid, -1).argmax(1), mix.n_slots).bool()
+    keep |= largest & ~keep.any(1, keepdim=True)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+    kept = mix._replace(valid=keep).select(order)
+    w = kept.weights * kept.valid
+    kept = kept._replace(weights=w / w.sum(1, keepdim=True).clamp(min=1e-30))
+    return kept.trimmed(), (mix.valid & ~keep).sum(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Algorithm 2
+
+
+def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_components: int = 32,
+                   phi: float = 0.5, psi: float = 0.5, random_split: float = 0.5, min_cluster_size: float = 10,
+                   split_rule: str = "paper", child_weights: str = "parent", child_init: str = "random",
+                   init_means: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Mixture, SelectionReport]:
+    """Algorithm 2 for every unit of ``x`` [U, n, D] at once; returns the mixtures [U, K] and a report.
+
+    The initial Gaussians sit at ``n_init`` random points of each unit (one per point when
+    a unit has fewer), or at ``init_means`` [U, K0, D] when given.
+    """
+    U, n, D = x.shape
+    points = Points.of(x)
+    if init_means is None:
+        k0 = max(1, min(n_init, max_components, n))
+        start = torch.multinomial(torch.ones(U, n, device=x.device), k0, replacement=False, generator=generator)
+        init_means = x.gather(1, repeat(start, "u k -> u k d", d=D))
+    mix = settings.start(points, init_means.to(x.dtype))
+    mix, initial = settings.run(points, mix, generator)
+    mix = mix.padded(max_components)
+    counted = torch.zeros(U, dtype=torch.long, device=x.device)
+    n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
+    splitting = torch.ones(U, dtype=torch.bool, device=x.device)
+    child_fits = []
+    rounds = idle = 0
+    while bool(splitting.any()) and idle < MAX_IDLE_ROUNDS:  # sync once per round
+        current = mix.trimmed()
+        resp, _ = e_step(points, current)  # one E-step gives every cluster and its density
+        members = cluster_members(resp, phi)
+        del resp
+        density, sizes = cluster_density(x, members, current.n_slots)
+        pad = mix.n_slots - current.n_slots
+        density = torch.nn.functional.pad(density, (0, pad), value=float("nan"))
+        sizes = torch.nn.functional.pad(sizes, (0, pad))
+        chosen, going_on = choose_splits(density, sizes, mix.valid, psi=psi, random_split=random_split,
+                                         max_components=max_components, rule=split_rule, counted=counted,
+                                         generator=generator)
+        chosen &= splitting.unsqueeze(1)
+        splitting &= going_on
+        if not bool(chosen.any()):  # a round that drew only unsplittable clusters (official rule)
+            idle += 1
+            continue
+        idle = 0
+        batch = split_batch(x, members, sizes, chosen, generator, child_init)
+        children = settings.start(batch.points, batch.first_two)
+        children, fit = settings.run(batch.points, children, generator)
+        child_fits.append(fit)
+        mix = merge_children(mix, children, batch, child_weights=child_weights)
+        n_splits += chosen.sum(1)
+        rounds += 1
+    mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
+    mix, final = settings.run(points, mix, generator)
+    return mix, SelectionReport(initial=initial, final=final, n_rounds=rounds, n_splits=n_splits,
+                                n_filtered=n_filtered, child_fits=child_fits)

@@ -1,0 +1,135 @@
+"""Feature alignment, eq. (6) / Algorithm 3, in both modes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dydis.dyga import DyGA
+from dydis.dyga.align import alignment_delta, choose_anchor_weights, gumbel_softmax
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine every
+    parallel region waits for a descheduled thread (seen: 0.2 s fits taking 16 s). The
+    setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def two_blob_units(seed: int = 0) -> torch.Tensor:
+    """[2, 400, 3] positive features: each unit has two tight blobs."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.tensor([[[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]], [[2.0, 0.5, 1.0], [0.5, 2.0, 4.0]]], dtype=F64)
+    labels = torch.arange(2).repeat_interleave(200)
+    return centres[:, labels] + 0.05 * torch.randn(2, 400, 3, generator=g, dtype=F64)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> dict[str, DyGA]:
+    x = two_blob_units()
+    return {mode: DyGA(mode, n_init=2, max_components=2, random_split=0.0).fit(x) for mode in ("paper", "official")}
+
+
+def batch() -> torch.Tensor:
+    """[B=3, U=2, D=3] features near known blobs."""
+    return torch.tensor([[[1.1, 0.9, 1.0], [2.1, 0.4, 1.1]],
+                         [[2.8, 3.1, 3.0], [0.4, 2.2, 3.9]],
+                         [[1.0, 1.2, 0.8], [0.6, 1.9, 4.1]]], dtype=F64)
+
+
+def test_paper_alignment_matches_eq6_by_hand(fitted):
+    model = fitted["paper"]
+    c = batch()
+    # anchors in raw feature space, one per blob
+    anchors = model.anchors_
+    blob = torch.tensor([[0, 0], [1, 1], [0, 1]])  # which blob each (sample, unit) sits in
+    for u in range(2):
+        order = torch.cdist(torch.tensor([[1.0, 1.0, 1.0], [3.0, 3.0, 3.0]] if u == 0 else
+                                         [[2.0, 0.5, 1.0], [0.5, 2.0, 4.0]], dtype=F64), anchors[u]).argmin(1)
+        blob[:, u] = order[blob[:, u]]
+    want = torch.empty_like(c)
+    for b in range(3):
+        for u in range(2):
+            mu = anchors[u, blob[b, u]]
+            delta = 0.1 * torch.exp(-((c[b, u] - mu) / c[b, u]).abs().mean())
+            want[b, u] = c[b, u] + delta * (mu - c[b, u])
+    torch.testing.assert_close(model.align(c, hard=True), want)
+    # Gumbel-softmax with tau = 1e-4 picks the same anchors for confidently assigned points
+    soft = model.align(c, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(soft, want)
+    assert torch.equal(model.predict(c), blob)
+
+
+def test_official_alignment_mixes_normalised_anchors_with_one_batch_scalar(fitted):
+    model = fitted["official"]
+    c = batch()
+    hi = c.amax((0, 2))
+    scale = hi - c.amin((0, 2)) + 1e-6
+    z = (c - hi[:, None]) / scale[:, None]  # the batch's own statistics
+    k = model.predict(c)
+    cq = torch.stack([model.means_[u, k[:, u]] for u in range(2)], 1)  # anchors in the [-1, 0] space
+    lam = 0.1 * torch.exp(-((c - cq) / c).abs().mean())
+    torch.testing.assert_close(model.align(c), c + lam * (cq - c))
+    assert (z >= -1).all() and (z <= 0).all()
+    # exactly one ReLU zero anywhere makes the released code's delta vanish for the whole batch
+    zeroed = c.clone()
+    zeroed[0, 0, 0] = 0.0
+    torch.testing.assert_close(model.align(zeroed), zeroed)
+
+
+def test_alignment_passes_gradients_to_the_features(fitted):
+    for mode, model in fitted.items():
+        c = batch().requires_grad_()
+        out = model.align(c, generator=torch.Generator().manual_seed(1))
+        (out * torch.linspace(0.5, 1.5, out.numel(), dtype=F64).view_as(out)).sum().backward()
+        assert c.grad is not None and torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0, mode
+    # the hard-assignment path is differentiable where the argmax does not change: check exactly
+    model = fitted["paper"]
+    assert torch.autograd.gradcheck(lambda c: model.align(c, hard=True), (batch().requires_grad_(),))
+
+
+def test_relu_zeros_give_a_vanishing_but_finite_delta(fitted):
+    c = batch()
+    c[0, 1, 2] = 0.0
+    out = fitted["paper"].align(c, hard=True)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0, 1], c[0, 1])  # delta ~ 0.1 exp(-1e6 / 3)
+    assert not torch.equal(out[1], c[1])  # other samples still move
+
+
+def test_delta_is_bounded_by_lambda_and_shrinks_with_distance():
+    c = torch.tensor([[[1.0, 1.0]], [[1.0, 1.0]]])
+    mu = torch.tensor([[[1.0, 1.0]], [[3.0, 1.0]]])
+    delta = alignment_delta(c, mu, 0.1)
+    assert delta[0].item() == pytest.approx(0.1)
+    assert delta[1].item() == pytest.approx(0.1 * torch.exp(torch.tensor(-1.0)).item())
+    batch_delta = alignment_delta(c, mu, 0.1, scope="batch")  # the mean ratio over everything is 0.5
+    assert batch_delta.item() == pytest.approx(0.1 * torch.exp(torch.tensor(-0.5)).item())
+
+
+def test_gumbel_softmax_is_one_hot_at_tiny_temperature_and_samples_the_posterior():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.log(torch.tensor([0.7, 0.2, 0.1])).expand(4000, 3)
+    y = gumbel_softmax(logits, 1e-4, g)
+    assert torch.allclose(y.sum(-1), torch.ones(4000))
+    assert ((y > 0.999).sum(-1) == 1).all()
+    freq = y.argmax(-1).bincount(minlength=3) / 4000.0
+    torch.testing.assert_close(freq, torch.tensor([0.7, 0.2, 0.1]), atol=0.03, rtol=0)
+
+
+def test_probability_logits_make_the_choice_nearly_uniform():
+    # Algorithm 3 as written feeds responsibilities (not their logs) to the Gumbel-softmax
+    log_resp = torch.log(torch.tensor([1.0 - 1e-9, 1e-9])).expand(4000, 2)
+    valid = torch.ones(2, dtype=torch.bool)
+    g = torch.Generator().manual_seed(0)
+    as_log = choose_anchor_weights(log_resp, valid, hard=False, tau=1e-4, logits="log", generator=g)
+    as_prob = choose_anchor_weights(log_resp, valid, hard=False, tau=1e-4, logits="prob", generator=g)
+    assert as_log[:, 0].mean() > 0.999
+    expected = torch.e / (torch.e + 1)  # softmax of (1, 0)
+    assert abs(as_prob[:, 0].mean().item() - expected) < 0.03

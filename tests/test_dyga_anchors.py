@@ -1,0 +1,184 @@
+"""Anchor selection (Algorithm 2): densities, split choice, split bookkeeping, filtering."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from dydis.dyga import DyGA
+from dydis.dyga.anchors import (EMSettings, SplitBatch, choose_splits, cluster_density, cluster_members,
+                                drop_small, merge_children, split_batch)
+from dydis.dyga.hddc import Points, isotropic
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine every
+    parallel region waits for a descheduled thread (seen: 0.2 s fits taking 16 s). The
+    setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def grid_blobs(centres, n_per=60, std=0.1, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.as_tensor(centres, dtype=F64)
+    return centres.repeat_interleave(n_per, 0) + std * torch.randn(len(centres) * n_per, centres.shape[1],
+                                                                     generator=g, dtype=F64)
+
+
+def test_cluster_density_is_eq5():
+    x = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [5.0, 5.0], [9.0, 9.0]]], dtype=F64)
+    resp = torch.tensor([[[0.9, 0.8, 0.6, 0.1, 0.5], [0.1, 0.2, 0.4, 0.9, 0.5]]], dtype=F64)  # [U, K, n]
+    members = cluster_members(resp, phi=0.5)
+    assert members.tolist() == [[0, 0, 0, 1, -1]]  # r = 0.5 exactly is not "> phi"
+    density, sizes = cluster_density(x, members, 2)
+    centre = torch.tensor([2 / 3, 2 / 3], dtype=F64)
+    want = (x[0, :3] - centre).norm(dim=-1).mean()
+    assert sizes.tolist() == [[3, 1]]
+    assert density[0, 0].item() == pytest.approx(want.item())
+    assert density[0, 1].item() == 0.0
+
+
+def test_paper_rule_splits_dense_clusters_densest_first_within_the_cap():
+    density = torch.tensor([[0.9, 0.1, 0.7, 0.6]], dtype=F64)
+    sizes = torch.tensor([[50, 50, 50, 1]])  # the last cluster is too small to split
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    counted = torch.zeros(1, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    chosen, going_on = choose_splits(density, sizes, valid, psi=0.5, random_split=0.0, max_components=5,
+                                     rule="paper", counted=counted, generator=g)
+    assert chosen.tolist() == [[True, False, False, False]]  # one free slot: the densest
+    assert going_on.tolist() == [False]  # the cap is reached
+    chosen, going_on = choose_splits(density, sizes, valid, psi=0.5, random_split=0.0, max_components=32,
+                                     rule="paper", counted=counted, generator=g)
+    assert chosen.tolist() == [[True, False, True, False]] and going_on.tolist() == [True]
+    chosen, _ = choose_splits(density, sizes, valid, psi=0.5, random_split=1.0, max_components=32, rule="paper",
+                              counted=counted, generator=g)
+    assert chosen.tolist() == [[True, True, True, False]]  # random splits take every splittable cluster
+    chosen, going_on = choose_splits(torch.zeros(1, 4, dtype=F64), sizes, valid, psi=0.5, random_split=0.0,
+                                     max_components=32, rule="paper", counted=counted, generator=g)
+    assert not chosen.any() and going_on.tolist() == [False]  # F is empty: Algorithm 2 stops
+
+
+def test_official_rule_splits_one_random_candidate_per_round_without_dense_clusters():
+    sizes = torch.full((1, 4), 50)
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    counted = torch.zeros(1, dtype=torch.long)
+    calm = torch.full((1, 4), 0.1, dtype=F64)
+    chosen, going_on = choose_splits(calm, sizes, valid, psi=0.5, random_split=1.0, max_components=32,
+                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+    assert chosen.tolist() == [[True, False, False, False]] and counted.item() == 0  # uncounted
+    assert going_on.tolist() == [True]
+    # Gaussians drawn whose clusters are too small: nothing splits, but the next round draws again
+    chosen, going_on = choose_splits(calm, torch.ones(1, 4, dtype=torch.long), valid, psi=0.5, random_split=1.0,
+                                     max_components=32, rule="official", counted=counted,
+                                     generator=torch.Generator().manual_seed(0))
+    assert not chosen.any() and going_on.tolist() == [True]
+    dense = torch.tensor([[0.1, 0.9, 0.8, 0.1]], dtype=F64)
+    chosen, going_on = choose_splits(dense, sizes, valid, psi=0.5, random_split=0.0, max_components=32,
+                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+    assert chosen.tolist() == [[False, True, True, False]] and counted.item() == 2
+    counted.fill_(3)  # the released code stops after 3 counted splits
+    chosen, going_on = choose_splits(dense, sizes, valid, psi=0.5, random_split=1.0, max_components=32,
+                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+    assert not chosen.any() and going_on.tolist() == [False]
+
+
+@pytest.mark.parametrize("child_weights", ["parent", "half"])
+def test_children_replace_their_parents_by_slot_when_several_split_at_once(child_weights):
+    U, K, D = 2, 6, 2
+    mix = isotropic(U, K, D, 1.0, full=False, dtype=F64, device="cpu")
+    means = torch.arange(U * K * D, dtype=F64).view(U, K, D)
+    valid = torch.tensor([[True] * 3 + [False] * 3, [True] * 2 + [False] * 4])
+    weights = torch.tensor([[0.5, 0.3, 0.2, 0, 0, 0], [0.6, 0.4, 0, 0, 0, 0]], dtype=F64)
+    mix = mix._replace(means=means * valid[..., None], valid=valid, weights=weights)
+    # unit 0 splits slots 0 and 2, unit 1 splits slot 1
+    unit, parent = torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])
+    children = isotropic(3, 2, D, 1.0, full=False, dtype=F64, device="cpu")
+    child_means = torch.tensor([[[100.0, 0], [101, 0]], [[120, 0], [121, 0]], [[211, 0], [212, 0]]], dtype=F64)
+    children = children._replace(means=child_means, valid=torch.ones(3, 2, dtype=torch.bool),
+                                 weights=torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.1, 0.9]], dtype=F64))
+    batch = SplitBatch(points=None, unit=unit, parent=parent, first_two=child_means)
+    merged = merge_children(mix, children, batch, child_weights=child_weights)
+    assert merged.valid.sum(1).tolist() == [5, 3]
+    m = merged.means[..., 0]
+    assert m[0, :5].tolist() == [100.0, means[0, 1, 0].item(), 120.0, 101.0, 121.0]
+    assert m[1, :3].tolist() == [means[1, 0, 0].item(), 211.0, 212.0]
+    w = merged.weights
+    if child_weights == "parent":  # children share the parent's weight; the total stays 1
+        torch.testing.assert_close(w[0, :5], torch.tensor([0.125, 0.3, 0.1, 0.375, 0.1], dtype=F64))
+        torch.testing.assert_close(w[1, :3], torch.tensor([0.6, 0.04, 0.36], dtype=F64))
+    else:  # released code: half the EM weights, then renormalise
+        raw = torch.tensor([0.125, 0.3, 0.25, 0.375, 0.25], dtype=F64)
+        torch.testing.assert_close(w[0, :5], raw / raw.sum())
+    assert torch.allclose(w.sum(1), torch.ones(2, dtype=F64))
+
+
+def test_split_batch_gathers_each_chosen_cluster_and_starts_children_inside_it():
+    x = grid_blobs([[0.0, 0.0], [5.0, 0.0], [10.0, 0.0]], n_per=20)[None]
+    members = torch.arange(3).repeat_interleave(20)[None]
+    sizes = torch.full((1, 3), 20)
+    chosen = torch.tensor([[True, False, True]])
+    for child_init in ("random", "spread"):
+        batch = split_batch(x, members, sizes, chosen, torch.Generator().manual_seed(0), child_init)
+        assert batch.parent.tolist() == [0, 2]
+        owner, mask = batch.points.owner, batch.points.mask
+        for seg, centre in ((0, 0.0), (1, 10.0)):
+            pts = batch.points.x[owner == seg][mask[owner == seg]]
+            assert len(pts) == 20 and (pts[:, 0] - centre).abs().max() < 1.0
+            assert (batch.first_two[seg, :, 0] - centre).abs().max() < 1.0
+            assert not torch.equal(batch.first_two[seg, 0], batch.first_two[seg, 1])
+
+
+def test_small_gaussians_are_filtered_and_weights_renormalised():
+    x = torch.cat([grid_blobs([[0.0, 0.0], [4.0, 0.0]], n_per=100), grid_blobs([[2.0, 9.0]], n_per=3)])[None]
+    points = Points.of(x)
+    settings = EMSettings(model="hddc")
+    mix = settings.start(points, torch.tensor([[[0.0, 0.0], [4.0, 0.0], [2.0, 9.0]]], dtype=F64))
+    kept, removed = drop_small(points, mix, min_size=10)
+    assert removed.tolist() == [1]
+    assert kept.valid.tolist() == [[True, True]]
+    torch.testing.assert_close(kept.means[0], torch.tensor([[0.0, 0.0], [4.0, 0.0]], dtype=F64))
+    assert kept.weights.sum().item() == pytest.approx(1.0)
+    # when every Gaussian is too small, the largest one stays
+    kept, removed = drop_small(points, mix, min_size=1000)
+    assert kept.valid.sum().item() == 1 and removed.item() == 2
+
+
+def test_bimodal_clusters_split_in_one_round_and_a_tiny_cluster_is_filtered():
+    # three groups of two blobs plus a 3-point cluster; one starting Gaussian per group and
+    # one on the tiny cluster. Groups are denser than psi, single blobs are not.
+    centres = [[x, y] for x in (0.0, 10.0, 20.0) for y in (-1.0, 1.0)]
+    x = torch.cat([grid_blobs(centres), grid_blobs([[10.0, 6.0]], n_per=3, std=0.01)])[None]
+    init = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [10.0, 6.0]]], dtype=F64)
+    model = DyGA(n_init=4, max_components=8, psi=0.02, random_split=0.0, means_init=init).fit(x)
+    assert model.n_split_rounds_ == 1
+    assert model.n_splits_.tolist() == [3] and model.n_filtered_.tolist() == [1]
+    anchors = model.anchors_[0][model.component_mask_[0]]
+    assert len(anchors) == 6
+    # every blob has exactly one anchor close to it (the filtered cluster's 3 points join
+    # the nearest Gaussian in the final EM and pull its mean by about 3 * 5 / 63)
+    distance = torch.cdist(torch.tensor(centres, dtype=F64), anchors)
+    assert distance.min(1).values.max() < 0.3
+    assert sorted(distance.argmin(1).tolist()) == list(range(6))
+
+
+def test_official_schedule_splits_one_calm_cluster_per_round_up_to_max_components():
+    x = grid_blobs([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], n_per=100)[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # every Gaussian is drawn each round, none is denser than psi: one uncounted split per round
+        model = DyGA("official", n_init=2, max_components=7, min_cluster_size=0, random_split=1.0).fit(x)
+        assert model.n_components_.tolist() == [7]
+        assert model.n_splits_.tolist() == [5] and model.n_split_rounds_ == 5
+        # with draws at 0.5 the schedule is the same until a round draws nothing
+        model = DyGA("official", n_init=2, max_components=7, min_cluster_size=0).fit(x)
+        assert model.n_splits_.tolist() == [model.n_split_rounds_]
+        assert model.n_components_.tolist() == [2 + model.n_split_rounds_]

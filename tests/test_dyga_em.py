@@ -1,0 +1,197 @@
+"""The batched EM of dydis.dyga.hddc: log-densities, the covariance models, EM itself."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from torch.distributions import MultivariateNormal
+
+from dydis.dyga.anchors import EMSettings
+from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, fit_em, full_model,
+                             hddc_model, log_density)
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine every
+    parallel region waits for a descheduled thread (seen: 0.2 s fits taking 16 s). The
+    setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def blobs(centres, n_per: int, std: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, D] points around each centre (float64) and their labels."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.as_tensor(centres, dtype=F64)
+    labels = torch.arange(len(centres)).repeat_interleave(n_per)
+    return centres[labels] + std * torch.randn(len(labels), centres.shape[1], generator=g, dtype=F64), labels
+
+
+def random_mixture(model: str, U=2, K=3, D=6, seed=0) -> Mixture:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(U, K, D, D, generator=g, dtype=F64)
+    cov = a @ a.transpose(-1, -2) / D
+    cov[0, 0] = torch.diag(torch.tensor([5.0] + [1e-3] * (D - 1), dtype=F64))  # one tight, elongated cluster
+    valid = torch.ones(U, K, dtype=torch.bool)
+    means = torch.randn(U, K, D, generator=g, dtype=F64)
+    weights = torch.full((U, K), 1.0 / K, dtype=F64)
+    if model == "hddc":
+        warm = torch.eye(D, dtype=F64)[:, :1].expand(U, K, D, 1)
+        basis, scales, noise, d, log_det = hddc_model(cov, warm, valid, reg=1e-6)
+    else:
+        basis, log_det = full_model(cov, reg=1e-6)
+        scales, noise = torch.ones(U, K, D, dtype=F64), torch.zeros(U, K, dtype=F64)
+        d = torch.full((U, K), D)
+    return Mixture(means, basis, scales, noise, d, log_det, weights, valid)
+
+
+@pytest.mark.parametrize("model", ["hddc", "full"])
+def test_log_density_equals_a_direct_gaussian_evaluation(model):
+    mix = random_mixture(model)
+    x = 2.0 * torch.randn(2, 40, 6, generator=torch.Generator().manual_seed(1), dtype=F64)
+    got = log_density(Points.of(x), density_terms(mix, F64, with_weights=False))  # [U, K, n]
+    cov = mix.covariances()
+    want = torch.stack([torch.stack([MultivariateNormal(mix.means[u, k], cov[u, k]).log_prob(x[u])
+                                     for k in range(3)]) for u in range(2)])
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-7)
+
+
+def test_hddc_covariance_is_built_from_q_a_b():
+    mix = random_mixture("hddc")
+    D = 6
+    for u in range(2):
+        for k in range(3):
+            d = int(mix.n_dims[u, k])
+            q = mix.basis[u, k, :, :d]
+            a, b = mix.scales[u, k, :d], mix.noise[u, k]
+            direct = q @ torch.diag(a - b) @ q.T + b * torch.eye(D, dtype=F64)
+            torch.testing.assert_close(mix.covariances()[u, k], direct)
+            assert (a >= b).all()
+    # the tight cluster: one free direction (variance 5 + floor), the rest tied at 1e-3 + floor
+    assert int(mix.n_dims[0, 0]) == 1
+    assert mix.scales[0, 0, 0].item() == pytest.approx(5.0 + 1e-6)
+    assert mix.noise[0, 0].item() == pytest.approx(1e-3 + 1e-6)
+
+
+def test_hddc_keeps_the_leading_eigenpairs_of_the_sample_covariance():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 8, 8, generator=g, dtype=F64)
+    cov = a @ a.transpose(-1, -2)
+    basis, scales, noise, d, _ = hddc_model(cov, torch.eye(8, dtype=F64)[:, :1].expand(4, 8, 1),
+                                            torch.ones(4, dtype=torch.bool), reg=1e-6, n_dims=3)
+    lam, vec = torch.linalg.eigh(cov + 1e-6 * torch.eye(8, dtype=F64))
+    lam, vec = lam.flip(-1), vec.flip(-1)
+    torch.testing.assert_close(scales, lam[:, :3])
+    torch.testing.assert_close(noise, lam[:, 3:].mean(-1))
+    overlap = (basis.transpose(-1, -2) @ vec[..., :3]).abs()  # same subspace, same vectors up to sign
+    torch.testing.assert_close(overlap, torch.eye(3, dtype=F64).expand(4, 3, 3), atol=1e-7, rtol=0)
+
+
+def test_cattell_scree_test_picks_the_last_big_gap():
+    eig = torch.tensor([[10.0, 9.0, 2.0, 1.9, 1.8, 1.7],  # gaps 1, 7, .1, .1, .1 -> d = 2
+                        [10.0, 5.0, 1.0, 0.9, 0.8, 0.7],  # gaps 5, 4, .1 ... -> 4 > 0.2*5 -> d = 2
+                        [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])  # isotropic -> d = 1
+    assert cattell_dims(eig, 0.2).tolist() == [2, 2, 1]
+    assert cattell_dims(eig[:1], 0.01).tolist() == [5]  # every gap now exceeds 0.01 * 7
+
+
+def run_em(x: torch.Tensor, init: torch.Tensor, model: str, **kw) -> tuple[Mixture, object]:
+    """EM on units x [U, n, D] from means init [U, K, D] with covariance I."""
+    settings = EMSettings(model=model, **kw)
+    points = Points.of(x)
+    return settings.run(points, settings.start(points, init), torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("model", ["hddc", "full"])
+def test_em_recovers_the_means_of_a_well_separated_mixture(model):
+    centres = [[0.0, 0.0, 0.0], [4.0, 0.0, 1.0], [0.0, 5.0, -2.0]]
+    x, _ = blobs(centres, 300, 0.5)
+    init = x[[0, 300, 600]] + 0.5  # one rough start per blob
+    mix, result = run_em(x[None], init[None], model, max_iter=100, tol=1e-8)
+    assert bool(result.converged.all())
+    torch.testing.assert_close(mix.means[0], torch.tensor(centres, dtype=F64), atol=0.1, rtol=0)
+    torch.testing.assert_close(mix.weights[0], torch.full((3,), 1 / 3, dtype=F64), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("model,n_dims", [("hddc", 2), ("full", None)])
+@pytest.mark.parametrize("resp_eps", [0.0, 1e-8])
+def test_log_likelihood_never_decreases(model, n_dims, resp_eps):
+    # overlapping clusters and a poor start, so EM needs many small steps
+    x, _ = blobs([[0.0, 0.0, 0.0, 0.0], [1.5, 1.0, 0.0, 0.5], [0.0, 2.0, 1.0, 0.0]], 120, 0.6, seed=2)
+    init = x[:4].unsqueeze(0)
+    _, result = run_em(x[None], init, model, max_iter=40, tol=0.0, n_dims=n_dims, resp_eps=resp_eps)
+    history = torch.stack(result.history)[:, 0]
+    assert len(history) == 41
+    assert (history[1:] - history[:-1]).min() > -1e-9
+    assert history[-1] > history[0] + 0.1
+
+
+def test_full_model_agrees_with_scikit_learn():
+    x, _ = blobs([[0.0, 0.0], [3.0, 3.0], [-3.0, 2.0]], 100, 0.7, seed=4)
+    init = x[[5, 150, 250]]
+    iters = 15
+    mix, _ = run_em(x[None], init[None], "full", max_iter=iters, tol=0.0, resp_eps=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ref = GaussianMixture(3, covariance_type="full", reg_covar=1e-6, tol=0.0, max_iter=iters,
+                              weights_init=np.full(3, 1 / 3), means_init=init.numpy(),
+                              precisions_init=np.stack([np.eye(2)] * 3)).fit(x.numpy())
+    np.testing.assert_allclose(mix.means[0].numpy(), ref.means_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(mix.weights[0].numpy(), ref.weights_, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(mix.covariances()[0].numpy(), ref.covariances_, rtol=1e-7, atol=1e-9)
+    _, log_lik = e_step(Points.of(x[None]), mix)
+    assert log_lik.mean().item() == pytest.approx(ref.score(x.numpy()), rel=1e-9)
+
+
+def test_units_fitted_together_match_units_fitted_alone():
+    x0, _ = blobs([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]], 100, 0.5, seed=5)
+    x1, _ = blobs([[0.0, 2.0, 0.0], [0.0, -2.0, 1.0]], 100, 0.8, seed=6)
+    x = torch.stack([x0, x1])
+    init = x[:, [0, 150]]
+    together, res = run_em(x, init, "hddc", max_iter=50, tol=1e-6)
+    for u in range(2):
+        alone, res_u = run_em(x[u:u + 1], init[u:u + 1], "hddc", max_iter=50, tol=1e-6)
+        assert int(res_u.n_iter[0]) == int(res.n_iter[u])
+        torch.testing.assert_close(alone.means[0], together.means[u], rtol=0, atol=1e-12)
+        torch.testing.assert_close(alone.covariances()[0], together.covariances()[u], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["hddc", "full"])
+def test_em_survives_degenerate_data(model):
+    # identical points and more components than distinct values: no NaN, covariances at the floor
+    x = torch.cat([torch.zeros(30, 4, dtype=F64), torch.ones(2, 4, dtype=F64)])[None]
+    init = torch.cat([torch.zeros(3, 4, dtype=F64), torch.full((1, 4), 5.0, dtype=F64)])[None]  # one far away
+    mix, result = run_em(x, init, model, max_iter=10, tol=1e-6)
+    assert torch.isfinite(mix.means).all() and torch.isfinite(mix.log_det).all()
+    assert torch.isfinite(torch.stack(result.history)).all()
+    assert mix.weights.sum().item() == pytest.approx(1.0)
+    # the far component was empty, so it was re-seeded on a data point
+    assert ((mix.means[0, 3] == 0) | (mix.means[0, 3] == 1)).all()
+
+
+def test_gpu_eigen_path_matches_the_cpu_subspace_iteration():
+    # the GPU route (one batched eigh) and the CPU route (eigvalsh + subspace iteration) agree
+    from dydis.dyga.hddc import _hddc_from_eigh, _regularised
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(6, 10, 10, generator=g, dtype=F64)
+    cov = a @ torch.diag(torch.logspace(0, -4, 10, dtype=F64)) @ a.transpose(-1, -2)  # graded spectra
+    valid = torch.ones(6, dtype=torch.bool)
+    cpu = hddc_model(cov, torch.eye(10, dtype=F64)[:, :1].expand(6, 10, 1), valid, reg=1e-6)
+    ref = _hddc_from_eigh(_regularised(cov, 1e-6), valid, reg=1e-6, dim_threshold=0.2, n_dims=None)
+    for got, want in zip(cpu[1:], ref[1:]):  # scales, noise, dims, log-det
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-12)
+    d = cpu[3]
+    for i in range(6):  # the same leading subspace (vectors up to sign)
+        q1, q2 = cpu[0][i, :, : d[i]], ref[0][i, :, : d[i]]
+        torch.testing.assert_close((q1.T @ q2).abs(), torch.eye(int(d[i]), dtype=F64), atol=1e-6, rtol=0)

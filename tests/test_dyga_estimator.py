@@ -1,0 +1,175 @@
+"""The DyGA estimator: scikit-learn contract, modes, persistence, degenerate units."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+
+from dydis.dyga import DyGA, DyGAInputError, DyGAParameterError
+from dydis.errors import ConfigError, DataError
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine every
+    parallel region waits for a descheduled thread (seen: 0.2 s fits taking 16 s). The
+    setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def units(U=3, n=300, D=4, seed=0) -> torch.Tensor:
+    """Latent-unit-like features: a scalar with 5 values pushed through a small ReLU map."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 5, (U, n), generator=g).double() / 2 + 0.02 * torch.randn(U, n, generator=g, dtype=F64)
+    w = torch.randn(U, 1, D, generator=g, dtype=F64)
+    b = 0.3 * torch.randn(U, 1, D, generator=g, dtype=F64)
+    return torch.relu(s.unsqueeze(-1) * w + b) + 0.01 * torch.randn(U, n, D, generator=g, dtype=F64)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> DyGA:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return DyGA(max_components=8).fit(units())
+
+
+def test_init_only_stores_and_fit_returns_self():
+    model = DyGA("official", n_init=4, max_components=6, psi=0.3)
+    assert model.get_params()["n_init"] == 4 and not hasattr(model, "means_")
+    assert clone(model).get_params() == model.get_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        assert model.fit(units(U=1, n=100)) is model
+
+
+def test_unfitted_model_refuses_to_work():
+    model = DyGA()
+    with pytest.raises(NotFittedError):
+        model.align(torch.zeros(2, 3, 4))
+    with pytest.raises(NotFittedError):
+        model.responsibilities(torch.zeros(2, 3, 4))
+    with pytest.raises(NotFittedError):
+        model.state_dict()
+
+
+@pytest.mark.parametrize("params", [dict(mode="both"), dict(phi=0.3), dict(covariance="diag"), dict(max_iter=0),
+                                    dict(random_split=1.5), dict(reg_covar=0.0), dict(hard="yes")])
+def test_bad_parameters_raise_a_config_error(params):
+    with pytest.raises(DyGAParameterError) as err:
+        DyGA(**params).fit(units(U=1, n=20))
+    assert isinstance(err.value, ConfigError) and isinstance(err.value, ValueError)
+
+
+def test_bad_features_raise_a_data_error():
+    x = units(U=1, n=20)
+    x[0, 3, 1] = float("nan")
+    for bad in (x, units(U=1, n=20)[0], torch.zeros(2, 0, 4), torch.zeros(2, 5, 4, dtype=torch.long)):
+        with pytest.raises(DyGAInputError) as err:
+            DyGA().fit(bad)
+        assert isinstance(err.value, DataError) and isinstance(err.value, ValueError)
+
+
+def test_fitted_state_is_padded_per_unit(fitted):
+    K = fitted.means_.shape[1]
+    assert fitted.means_.shape == (3, K, 4) and fitted.weights_.shape == (3, K)
+    assert fitted.n_components_.tolist() == fitted.component_mask_.sum(1).tolist()
+    assert torch.allclose(fitted.weights_.sum(1), torch.ones(3, dtype=F64))
+    assert (fitted.weights_[~fitted.component_mask_] == 0).all()
+    assert (fitted.noise_variances_[fitted.component_mask_] > 0).all()  # HDDC b_k
+    assert (fitted.intrinsic_dims_[fitted.component_mask_] >= 1).all()
+    assert fitted.covariances_.shape == (3, K, 4, 4)
+    assert fitted.settings_["covariance"] == "hddc" and fitted.settings_["hard"] is False
+
+
+def test_responsibilities_sum_to_one_and_skip_padded_slots(fitted):
+    c = units(seed=1)[:, :50].transpose(0, 1)  # [B, U, D]
+    r = fitted.responsibilities(c)
+    assert r.shape == (50, 3, fitted.means_.shape[1])
+    torch.testing.assert_close(r.sum(-1), torch.ones(50, 3, dtype=F64))
+    assert (r[:, ~fitted.component_mask_] == 0).all()
+    assert torch.equal(fitted.predict(c), r.argmax(-1))
+
+
+def test_fitting_is_deterministic_for_a_fixed_seed():
+    x = units()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a, b = DyGA(max_components=10, random_state=3).fit(x), DyGA(max_components=10, random_state=3).fit(x)
+        c = DyGA(max_components=10, random_state=4).fit(x)
+    for name in ("means_", "weights_", "covariances_", "log_likelihood_"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+    assert not torch.equal(a.n_splits_, c.n_splits_) or not torch.allclose(a.log_likelihood_, c.log_likelihood_)
+
+
+def test_state_dict_round_trips_through_torch_save(fitted):
+    buffer = io.BytesIO()
+    torch.save(fitted.state_dict(), buffer)
+    buffer.seek(0)
+    restored = DyGA("official").load_state_dict(torch.load(buffer))
+    assert restored.get_params() == fitted.get_params() and restored.settings_ == fitted.settings_
+    c = units(seed=2)[:, :20].transpose(0, 1)
+    torch.testing.assert_close(restored.responsibilities(c), fitted.responsibilities(c))
+    for seed in range(2):
+        torch.testing.assert_close(restored.align(c, generator=torch.Generator().manual_seed(seed)),
+                                   fitted.align(c, generator=torch.Generator().manual_seed(seed)))
+    with pytest.raises(DyGAInputError):
+        DyGA().load_state_dict({"format": 99})
+
+
+def test_official_mode_and_single_switches():
+    x = units(U=2, n=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        official = DyGA("official", max_components=6).fit(x)
+        mixed = DyGA("official", max_components=6, covariance="hddc", hard=False).fit(x)
+    assert official.settings_ == dict(covariance="full", init_scale="identity", child_init="random",
+                                      split_rule="official", child_weights="half", align_stats="batch", hard=True,
+                                      delta_scope="batch", anchor_space="normalized", gumbel_logits="log")
+    assert (official.noise_variances_ == 0).all() and (official.intrinsic_dims_[official.component_mask_] == 4).all()
+    assert mixed.settings_["covariance"] == "hddc" and mixed.settings_["split_rule"] == "official"
+    assert (mixed.noise_variances_[mixed.component_mask_] > 0).all()
+
+
+def test_non_convergence_is_a_warning():
+    with pytest.warns(ConvergenceWarning):
+        model = DyGA(max_iter=1, tol=0.0).fit(units(U=1, n=100))
+    assert not model.converged_.any() and model.n_iter_.tolist() == [1]
+
+
+def test_degenerate_units_degrade_gracefully():
+    # unit 0: constant features; unit 1: fewer points (5) than starting Gaussians (8)
+    x = torch.stack([torch.full((5, 4), 0.7, dtype=F64), units(U=1, n=5)[0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = DyGA(n_init=8).fit(x)
+    assert (model.n_components_ >= 1).all() and (model.n_components_ <= 5).all()
+    assert torch.isfinite(model.means_).all() and torch.isfinite(model.log_likelihood_).all()
+    torch.testing.assert_close(model.anchors_[0][model.component_mask_[0]],
+                               torch.full((int(model.n_components_[0]), 4), 0.7, dtype=F64))
+    c = x[:, :3].transpose(0, 1)
+    assert torch.isfinite(model.align(c)).all()
+    # a single point per unit still fits one Gaussian
+    assert DyGA().fit(x[:, :1]).n_components_.tolist() == [1, 1]
+
+
+def test_float32_features_fit_in_float32():
+    x = units(U=2, n=200).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = DyGA(max_components=6).fit(x)
+    assert model.means_.dtype == torch.float32
+    c = x[:, :8].transpose(0, 1).clone().requires_grad_()
+    out = model.align(c)
+    assert out.dtype == torch.float32
+    out.sum().backward()
+    assert torch.isfinite(c.grad).all()
