@@ -11,7 +11,7 @@ Usage::
     python bench/metrics.py                  # the full suite, reference sample sizes
     python bench/metrics.py --quick          # 1/10 of the samples: a smoke test in seconds
     python bench/metrics.py --metrics dci --repeats 3 --n-jobs 2
-    python bench/metrics.py --metrics dci --dci-backend fast   # DCI with dydis' presorted trees
+    python bench/metrics.py --metrics dci --dci-backend sklearn   # scikit-learn's own trees
 
 Prints one line per metric (median seconds over the repeats, and its scores) and the total of
 the five targeted metrics, then the scores as JSON on the last line.
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated subset of " + ",".join(GRID_METRICS))
     parser.add_argument("--repeats", type=int, default=1, help="median over this many runs")
     parser.add_argument("--n-jobs", type=int, default=-1, help="joblib workers (-1 = all cores)")
-    parser.add_argument("--dci-backend", choices=("fast", "sklearn"), default="sklearn",
+    parser.add_argument("--dci-backend", choices=("fast", "sklearn"), default="fast",
                         help="boosted trees for DCI: ours (default) or scikit-learn's")
     args = parser.parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]

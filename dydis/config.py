@@ -302,7 +302,7 @@ class EvalMetricsConfig:
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each (PCA(1) per unit: the paper)
     tad_protocol: Literal["dis-dis", "nashae"] = "dis-dis"
     infomec_active: Literal["iqr", "range"] = "iqr"  # the authors' vendored rule, or latent_quantization's
-    dci_backend: Literal["sklearn", "fast"] = "sklearn"  # fast: same trees from presorted columns, 5-7x quicker
+    dci_backend: Literal["fast", "sklearn"] = "fast"  # same trees as scikit-learn's from presorted columns; "sklearn" fits its own, 5-7x slower
     n_jobs: int = -1  # parallel fits (joblib); -1 = every core
     seed: int = 0  # each metric draws from a fresh RandomState(seed)
 
