@@ -29,8 +29,14 @@ def _summary(artifact) -> str:
     results = artifact.results
     if artifact.kind == "dataset" and "n_images" in results:
         return f"{results['n_images']:,} images"
+    if artifact.kind == "vqgan" and "psnr" in results:
+        return f"PSNR {results['psnr']:.2f} dB, {results.get('codes_used', '?')} codes"
+    if artifact.kind == "metrics" and isinstance(results.get("metrics"), dict):
+        shown = [(k, v["mean"]) for k, v in results["metrics"].items() if k in ("factor_vae", "dci_disentanglement",
+                                                                                 "mig", "tad")]
+        return ", ".join(f"{k}={v:.3f}" for k, v in shown)
     numbers = {k: v for k, v in results.items() if isinstance(v, float)}
-    return ", ".join(f"{k}={v:.3g}" for k, v in list(numbers.items())[:4])
+    return ", ".join(f"{k}={v:.3g}" for k, v in list(numbers.items())[:3])
 
 
 @app.command("list")
@@ -51,10 +57,12 @@ def list_(
         console.print(f"no artifacts in {store.root}")
         return
     table = Table(title=f"artifacts in {store.root}")
-    for column in ("stage", "name", "version", "kind", "created", "size", "summary"):
-        table.add_column(column, justify="right" if column in ("version", "size") else "left")
+    for column in ("artifact", "kind", "created (UTC)", "size", "summary"):
+        table.add_column(column, justify="right" if column == "size" else "left",
+                         no_wrap=column != "summary")
     for a in artifacts:
-        table.add_row(a.stage, a.name, f"v{a.version}", a.kind, str(a.manifest.get("created", "")), _size(a), _summary(a))
+        created = str(a.manifest.get("created", ""))[:16].replace("T", " ")
+        table.add_row(a.ref, a.kind, created, _size(a), _summary(a))
     console.print(table)
 
 

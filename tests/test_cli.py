@@ -38,6 +38,9 @@ def test_config_file_and_set_overrides(tmp_path):
     listing = runner.invoke(app, ["artifacts", "list", "--root", str(root), "--json"])
     (entry,) = json.loads(listing.stdout)
     assert entry["ref"] == "prepare-data/shapes3d@v1" and entry["results"]["n_images"] == 7
+    table = runner.invoke(app, ["artifacts", "list", "--root", str(root)])
+    assert table.exit_code == 0 and table.stdout == ""
+    assert "prepare-data/shapes3d@v1" in table.stderr and "7 images" in table.stderr
 
 
 def test_bad_override_names_the_key(tmp_path):
