@@ -71,6 +71,19 @@ def write_dsprites(path: Path, sizes=(1, 3, 6, 4, 2, 2), compressed: bool = True
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of small tensors: they gain nothing from intra-op
+    threads, and on a shared 2-core machine two OpenMP threads spin-wait on each other (seen:
+    0.2 s fits taking 16 s). The previous setting is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def store_root(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"

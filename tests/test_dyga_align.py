@@ -11,15 +11,7 @@ from dydis.dyga.align import alignment_delta, choose_anchor_weights, gumbel_soft
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine every
-    parallel region waits for a descheduled thread (seen: 0.2 s fits taking 16 s). The
-    setting is restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def two_blob_units(seed: int = 0) -> torch.Tensor:

@@ -14,14 +14,7 @@ from dydis.models.unet import UNet
 DIFFUSION = GaussianDiffusion(DiffusionConfig())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are small: one thread runs them as fast as two, and a busy machine cannot
-    stall it (two OpenMP threads sharing a loaded core spin-wait on each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 def gaussian_oracle(diffusion: GaussianDiffusion, mean: float, std: float):
