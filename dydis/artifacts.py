@@ -306,7 +306,8 @@ class ArtifactWriter:
         except OSError:
             pass
 
-    def _manifest(self, version: int) -> dict[str, Any]:
+    def _manifest(self) -> dict[str, Any]:
+        """The manifest, with the version left for ``_publish`` to fill in."""
         files = {}
         for path in sorted(p for p in self.dir.rglob("*") if p.is_file()):
             rel = path.relative_to(self.dir).as_posix()
@@ -318,7 +319,7 @@ class ArtifactWriter:
             "schema": SCHEMAS[self.kind],
             "stage": self.stage,
             "name": self.name,
-            "version": version,
+            "version": None,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "dydis_version": dydis.__version__,
             "git": git_commit(),
@@ -338,19 +339,21 @@ class ArtifactWriter:
     def _publish(self) -> Artifact:
         parent = self.store.root / self.stage / self.name
         parent.mkdir(parents=True, exist_ok=True)
+        manifest = self._manifest()  # files hashed once, before manifest.yaml joins them
+        for path in self.dir.rglob("*"):
+            if path.is_file():
+                path.chmod(0o444)
+        manifest_path = self.dir / MANIFEST
         for _attempt in range(100):
             version = (self.store.versions(self.stage, self.name) or [0])[-1] + 1
-            manifest = self._manifest(version)
-            (self.dir / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-            for path in self.dir.rglob("*"):
-                if path.is_file():
-                    path.chmod(0o444)
+            manifest["version"] = version
+            if manifest_path.exists():
+                manifest_path.chmod(0o644)
+            manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+            manifest_path.chmod(0o444)
             try:
                 os.rename(self.dir, parent / f"v{version}")
             except OSError:  # another process published this version first: take the next one
-                for path in self.dir.rglob("*"):
-                    if path.is_file():
-                        path.chmod(0o644)
                 continue
             self._discard()
             final = parent / f"v{version}"

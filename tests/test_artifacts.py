@@ -106,3 +106,20 @@ def test_unwritable_root(tmp_path):
 def test_bad_names(store_root):
     with pytest.raises(ArtifactError):
         publish(ArtifactStore(store_root), name="../escape")
+
+
+def test_version_race_takes_the_next_number(store_root, monkeypatch):
+    store = ArtifactStore(store_root)
+    publish(store)
+    real_versions = store.versions
+    looks = []
+
+    def versions(stage, name):  # the first look misses v1, as if another process had just published it
+        looks.append(name)
+        return [] if len(looks) == 1 else real_versions(stage, name)
+
+    monkeypatch.setattr(store, "versions", versions)
+    second = publish(store, payload=b"other")
+    assert len(looks) == 2 and second.version == 2 and second.path.name == "v2"
+    assert set(second.manifest["files"]) == {"data.bin"}  # the first attempt's manifest is not hashed as a file
+    assert store.load("prepare-data/demo@v2").version == 2
