@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from dydis.artifacts import plain
 from dydis.errors import ConfigError
 from dydis.models.config import VQGAN_PRESETS, VQGANConfig, VQLossConfig
 
@@ -107,17 +108,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 def to_dict(config: Any) -> dict[str, Any]:
     """A config as plain YAML-safe data (tuples become lists, paths strings)."""
-    return _plain(dataclasses.asdict(config))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    return plain(dataclasses.asdict(config))
 
 
 def _type_name(tp: Any) -> str:
