@@ -174,8 +174,6 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                     logger.write(row)
             if step % cfg.checkpoint_every == 0 or step == steps:
                 save(step)
-    if logger is not None:
-        logger.close()
     return model
 
 
@@ -194,7 +192,11 @@ def _restart_dead_codes(model: VQGAN, x: torch.Tensor, step: int, cfg: TrainVQGA
 
 
 class _CsvLog:
-    """Appends training log rows; on resume, drops rows logged after the checkpoint."""
+    """Training log rows in a CSV; on resume, drops rows logged after the checkpoint.
+
+    A row is appended as one line; the file is rewritten only when a row brings a new column
+    (the GAN terms appear at ``disc_start``, ``restarted_codes`` at the first restart).
+    """
 
     def __init__(self, path: Path, keep_until: int):
         rows = []
@@ -202,24 +204,24 @@ class _CsvLog:
             with open(path, newline="") as handle:
                 rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
         self.path, self.rows = path, rows
-        self._flush()
+        self.fields = list(dict.fromkeys(k for r in rows for k in r))
+        self._rewrite()
 
     def write(self, row: dict) -> None:
         self.rows.append(row)
-        self._flush()
+        if set(row) <= set(self.fields):
+            with open(self.path, "a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
+        else:
+            self.fields += [k for k in row if k not in self.fields]
+            self._rewrite()
 
-    def _flush(self) -> None:
-        if not self.rows:
-            self.path.write_text("")
-            return
-        fields = list(dict.fromkeys(k for r in self.rows for k in r))
+    def _rewrite(self) -> None:
         with open(self.path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-    def close(self) -> None:
-        self._flush()
+            if self.fields:
+                writer = csv.DictWriter(handle, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(self.rows)
 
 
 # ---- evaluation and the latent cache -------------------------------------------------------
