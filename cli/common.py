@@ -32,6 +32,16 @@ NameOpt = Annotated[Optional[str], typer.Option("--name", help="Artifact name [d
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also DYDIS_DEBUG=1).")]
 
+# The commands that score representations of a dataset's rows (eval-metrics, downstream-gbt).
+RepsDataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset artifact the representations belong to.",
+                                                    show_default=False)]
+RepsOpt = Annotated[Optional[list[Path]], typer.Option(
+    "--reps", help="An .npz with `codes` (n_rows, n_codes) or (n_rows, N, D) in dataset row order; repeat for "
+                   "several models/seeds (mean +- std).", show_default=False)]
+ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units to scalars: pca (paper), scalar or none.",
+                                                  show_default=False)]
+NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]
+
 
 def debug_enabled(flag: bool = False) -> bool:
     return flag or os.environ.get("DYDIS_DEBUG", "") not in ("", "0")

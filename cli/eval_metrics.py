@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
-                              emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
+                              RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
 from dydis.config import EvalMetricsConfig, build_config
 
 
 @handle_errors
 def eval_metrics(
-    data: Annotated[Optional[str], typer.Option(help="Dataset artifact the representations belong to.",
-                                                show_default=False)] = None,
-    reps: Annotated[Optional[list[Path]], typer.Option(
-        help="An .npz with `codes` (n_rows, n_codes) or (n_rows, N, D) in dataset row order; repeat for "
-             "several models/seeds (mean +- std).", show_default=False)] = None,
+    data: RepsDataOpt = None,
+    reps: RepsOpt = None,
     metrics: Annotated[Optional[str], typer.Option(
         help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad [default: all that apply].",
         show_default=False)] = None,
-    reduce: Annotated[Optional[str], typer.Option(help="Vector units to scalars: pca (paper), scalar or none.",
-                                                  show_default=False)] = None,
-    n_jobs: Annotated[Optional[int], typer.Option(help="Parallel fits; -1 = all cores.", show_default=False)] = None,
+    reduce: ReduceOpt = None,
+    n_jobs: NJobsOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,

@@ -49,6 +49,8 @@ def train_vqgan(
                  seed=seed)
     cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, progress=RichProgress())
+    if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
+        return
     r = artifact.results
     console.print(f"[green]wrote[/] {artifact.ref}: PSNR {r['psnr']:.2f} dB on {r['holdout_images']} held-out images, "
                   f"{r['codes_used']} codes used (perplexity {r['perplexity']:.1f}), {r['steps']} steps",

@@ -19,7 +19,8 @@ import yaml
 
 from dydis.artifacts import plain
 from dydis.errors import ConfigError
-from dydis.models.config import VQGAN_PRESETS, VQGANConfig, VQLossConfig
+from dydis.models.config import (FEATURE_EXTRACTOR_PRESETS, UNET_PRESETS, VQGAN_PRESETS, DiffusionConfig,
+                                 FeatureExtractorConfig, FSQConfig, UNetConfig, VQGANConfig, VQLossConfig)
 
 T = TypeVar("T")
 
@@ -280,6 +281,110 @@ class TrainVQGANConfig:
             raise ConfigError(f"config key base_lr: expected a positive rate, found {self.base_lr}")
 
 
+@dataclasses.dataclass(frozen=True)
+class DyGARunConfig:
+    """When and how `train-ldm` fits and applies the anchors (paper section 3.2, DESIGN section 6)."""
+
+    mode: Literal["paper", "official"] = "paper"
+    every: int | None = None  # r: epochs between anchor rounds, aligning from epoch r on; None = dataset default
+    subsample: int = 100_000  # seeded training rows whose features each round fits (all rows if fewer)
+    lam: float = 0.1  # lambda of eq. (6)
+    tau: float = 1e-4  # Gumbel-softmax temperature of Algorithm 3
+    n_init: int = 8
+    max_components: int = 32
+    max_iter: int = 30
+    feature_batch: int = 1024  # images per feature-extractor pass while collecting a round's features
+
+    def __post_init__(self) -> None:
+        if self.every is not None and self.every < 1:
+            raise ConfigError(f"config key dyga.every: expected at least 1 epoch, found {self.every}")
+        for key in ("subsample", "n_init", "max_components", "max_iter", "feature_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key dyga.{key}: expected at least 1, found {getattr(self, key)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise ConfigError(f"config key dyga.lam: expected a factor in [0, 1], found {self.lam}")
+        if self.tau <= 0:
+            raise ConfigError(f"config key dyga.tau: expected a positive temperature, found {self.tau}")
+
+
+# Paper defaults that differ per dataset (section 4.1, appendix C): Cars3D refits anchors every
+# 5 epochs; CelebA trains with batch 64.
+DATASET_DEFAULTS: dict[str, dict[str, int]] = {"cars3d": {"dyga_every": 5}, "celeba": {"batch_size": 64}}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLDMConfig:
+    """`train-ldm`: the diffusion model with the feature extractor, DyGA and Skip Dropout."""
+
+    dataset: str = ""  # a dataset name: data/vqgan default to prepare-data/<it> and train-vqgan/<it>
+    data: str = ""  # dataset artifact
+    vqgan: str = ""  # vqgan artifact trained on that dataset (its cached latents and decoder)
+    preset: Preset = "paper"
+    feature_extractor: FeatureExtractorConfig = dataclasses.field(default_factory=FeatureExtractorConfig)
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    quantizer: Literal["dyga", "fsq", "none"] = "dyga"  # none + unet.skip_dropout 0 = the EncDiff baseline
+    dyga: DyGARunConfig = dataclasses.field(default_factory=DyGARunConfig)
+    fsq: FSQConfig = dataclasses.field(default_factory=FSQConfig)
+    batch_size: int | None = None  # per process; None = the dataset's default (512; CelebA 64)
+    lr: float = 1e-4  # constant, as the authors
+    weight_decay: float = 0.01
+    warmup_steps: int = 0  # linear lr warm-up (off, as the authors)
+    ema_decay: float = 0.9999
+    max_steps: int | None = None
+    epochs: float | None = None
+    gpus: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: bool = False  # torch.compile the U-Net
+    log_every: int = 10
+    checkpoint_every: int = 500
+    sample_images: int = 8  # images in samples.png
+    seed: int = 42
+
+    @staticmethod
+    def with_preset_defaults(data: dict[str, Any]) -> dict[str, Any]:
+        preset = data.get("preset", "paper")
+        if preset in FEATURE_EXTRACTOR_PRESETS:
+            for key, presets in (("feature_extractor", FEATURE_EXTRACTOR_PRESETS), ("unet", UNET_PRESETS)):
+                if isinstance(data.get(key, {}), dict):
+                    data = merge(data, {key: merge(dataclasses.asdict(presets[preset]), data.get(key, {}))})
+        return data
+
+    def __post_init__(self) -> None:
+        if not self.data and not self.dataset:
+            raise ConfigError("config keys data / dataset: name the dataset artifact (--data) or the dataset "
+                              "(--dataset) to train on")
+        if self.max_steps is None and self.epochs is None:
+            raise ConfigError("config keys max_steps / epochs: say how long to train (--max-steps or --epochs)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"config key max_steps: expected at least 1, found {self.max_steps}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(f"config key epochs: expected a positive number, found {self.epochs}")
+        for key in ("log_every", "checkpoint_every", "sample_images"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"config key batch_size: expected at least 1, found {self.batch_size}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("config keys lr / weight_decay / warmup_steps: expected lr > 0 and the others >= 0")
+        if not 0.0 <= self.ema_decay <= 1.0:
+            raise ConfigError(f"config key ema_decay: expected a value in [0, 1], found {self.ema_decay}")
+        if self.gpus < 0:
+            raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
+        if self.unet.context_dim != self.feature_extractor.unit_dim:
+            raise ConfigError(f"config key unet.context_dim: {self.unet.context_dim} must equal "
+                              f"feature_extractor.unit_dim {self.feature_extractor.unit_dim} (the unit tokens "
+                              "are the cross-attention context)")
+
+    def for_dataset(self, dataset: str) -> "TrainLDMConfig":
+        """Fill the settings left to the dataset (batch size, anchor interval) with its paper values."""
+        defaults = DATASET_DEFAULTS.get(dataset, {})
+        batch = self.batch_size if self.batch_size is not None else defaults.get("batch_size", 512)
+        every = self.dyga.every if self.dyga.every is not None else defaults.get("dyga_every", 1)
+        return dataclasses.replace(self, dataset=dataset, batch_size=batch,
+                                   dyga=dataclasses.replace(self.dyga, every=every))
+
+
 MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec", "tad", "fid"]
 
 
@@ -302,3 +407,33 @@ class EvalMetricsConfig:
             raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
         if not self.reps:
             raise ConfigError("config key reps: give at least one representation file (--reps codes.npz)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamGBTConfig:
+    """`downstream-gbt`: GBT sample efficiency of representations (the paper's Table 5, DESIGN section 9)."""
+
+    data: str = ""  # dataset artifact with the ground truth
+    reps: tuple[str, ...] = ()  # .npz files with `codes` aligned with the dataset rows (one per model)
+    reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each, as eval-metrics
+    seeds: int = 5  # evaluation seeds seed, seed+1, ...; each draws every size from a fresh RandomState
+    sizes: tuple[int, ...] = (10_000, 1_000, 100)  # training sizes, drawn in this order; ratios are to the largest
+    test_size: int = 5_000  # fresh test points after each training set (disentanglement_lib)
+    backend: Literal["fast", "sklearn"] = "fast"  # the boosted trees, as eval-metrics' dci_backend
+    n_jobs: int = -1  # parallel factor fits (joblib); -1 = every core
+    seed: int = 0  # the first evaluation seed
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
+        if not self.reps:
+            raise ConfigError("config key reps: give at least one representation file (--reps codes.npz)")
+        if self.seeds < 1:
+            raise ConfigError(f"config key seeds: expected at least 1 seed, found {self.seeds}")
+        if len(set(self.sizes)) < 2 or min(self.sizes) < 1 or len(set(self.sizes)) != len(self.sizes):
+            raise ConfigError(f"config key sizes: expected two or more distinct positive training sizes (the ratios "
+                              f"compare them), found {list(self.sizes)}")
+        if self.test_size < 1:
+            raise ConfigError(f"config key test_size: expected at least 1 test point, found {self.test_size}")
+        if self.n_jobs == 0:
+            raise ConfigError("config key n_jobs: expected a number of parallel fits or -1 (every core), found 0")

@@ -29,3 +29,11 @@ class DataError(DydisError):
 
 class ArtifactError(DydisError):
     """An artifact is missing, of the wrong kind or schema, or fails its hash check."""
+
+
+class TrainingDiverged(DydisError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(DydisError):
+    """Training was stopped by the user (Ctrl-C) after saving a checkpoint to resume from."""

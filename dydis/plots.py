@@ -41,3 +41,26 @@ def importance_heatmap(importance, factor_names: list[str], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def ratio_bars(ratios: dict[str, tuple[list[float], list[float]]], factor_names: list[str], path: Path,
+               title: str) -> None:
+    """Grouped bars: per factor, one bar (mean, std error bar) per ratio; a dashed line at 1.
+
+    ``ratios`` maps a label (e.g. "Acc100/Acc10000") to (means, stds), one value per factor.
+    """
+    n_factors = len(factor_names)
+    width = 0.8 / max(1, len(ratios))
+    fig, ax = plt.subplots(figsize=(1.6 + 0.7 * n_factors, 3.0))
+    for i, (label, (means, stds)) in enumerate(ratios.items()):
+        ax.bar([x + (i - (len(ratios) - 1) / 2) * width for x in range(n_factors)], means, width, yerr=stds,
+               capsize=2, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(n_factors), factor_names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy ratio", fontsize=9)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -17,7 +17,7 @@ from dydis.artifacts import Artifact, ArtifactStore, sha256_file
 from dydis.config import EvalMetricsConfig, to_dict
 from dydis.data.standard import DatasetFile
 from dydis.errors import DataError
-from dydis.metrics import GroundTruth, evaluate
+from dydis.metrics import GroundTruth, evaluate, summarize
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
 
@@ -82,9 +82,3 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
         writer.results.update({"metrics": summary, "runs": len(runs)})
     return writer.artifact
 
-
-def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and standard deviation (ddof 0, 0 for one run) of each metric across runs."""
-    keys = list(dict.fromkeys(k for r in runs for k in r))
-    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
-            for k in keys}

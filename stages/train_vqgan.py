@@ -16,13 +16,13 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import TrainVQGANConfig, to_dict
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
-from dydis.distributed import launch, pick_device
+from dydis.distributed import launch, pick_device, publishes_results
 from dydis.errors import ConfigError
 from dydis.models.vqgan import VQGAN
 from dydis.plots import loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import vqgan as training
-from dydis.training.checkpoint import load_checkpoint
+from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
 
 STAGE = "train-vqgan"
 log = logging.getLogger("dydis.train_vqgan")
@@ -37,21 +37,14 @@ def split_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
-        resume: bool = False, progress: Progress | None = None) -> Artifact:
+        resume: bool = False, progress: Progress | None = None) -> Artifact | None:
     progress = progress or SilentProgress()
     data_artifact = store.load(cfg.data, kind="dataset")
     name = name or data_artifact.name
     device = pick_device(cfg.gpus)
     run_dir = runs_dir / STAGE / name
     checkpoint = run_dir / training.CHECKPOINT
-    if resume and checkpoint.is_file():
-        previous = load_checkpoint(checkpoint)["config"]
-        if previous != cfg:
-            raise ConfigError(f"--resume: the run in {run_dir} was started with a different config; "
-                              "resume with the same settings or drop --resume to start over")
-    elif run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(run_dir, checkpoint, cfg, resume)
 
     with DatasetFile(data_artifact.file("data.h5")) as data:
         with progress.task("loading images", total=1, unit="file") as task:
@@ -63,6 +56,8 @@ def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None,
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
            torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None)
     train_seconds = time.perf_counter() - started
+    if not publishes_results():
+        return None
 
     state = load_checkpoint(checkpoint)
     model = VQGAN(cfg.model)

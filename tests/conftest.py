@@ -89,6 +89,19 @@ def store_root(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"
 
 
+def synthetic_dataset(root: Path, grid: str) -> np.ndarray:
+    """Publish a synthetic dataset artifact (`prepare-data/synthetic`) under ``root``; its factors."""
+    from typer.testing import CliRunner  # deferred: only the CLI tests load the whole app
+
+    from dydis.cli.main import app
+    from dydis.data.standard import DatasetFile
+
+    made = CliRunner().invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", grid, "--root", str(root)])
+    assert made.exit_code == 0, made.output
+    with DatasetFile(made.stdout.strip() + "/data.h5") as data:
+        return data.factors
+
+
 def artifact_dirs(root: Path) -> list[Path]:
     """Every published version directory under a store root."""
     return sorted(p for p in root.glob("*/*/v*") if p.is_dir())

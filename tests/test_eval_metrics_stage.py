@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import artifact_dirs
+from conftest import artifact_dirs, synthetic_dataset
 from dydis.cli.main import app
-from dydis.data.standard import DatasetFile
 
 runner = CliRunner()
 
@@ -18,11 +17,7 @@ runner = CliRunner()
 @pytest.fixture
 def dataset(tmp_path):
     root = str(tmp_path / "store")
-    made = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "3,3,2,2,2,2", "--root", root])
-    assert made.exit_code == 0, made.output
-    with DatasetFile(made.stdout.strip() + "/data.h5") as data:
-        factors = data.factors
-    return root, factors
+    return root, synthetic_dataset(root, "3,3,2,2,2,2")
 
 
 def test_identity_and_shuffled_codes(tmp_path, dataset):

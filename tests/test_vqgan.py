@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from dydis.config import TrainVQGANConfig, build_config
 from dydis.distributed import launch
+from dydis.errors import TrainingDiverged
 from dydis.models.config import VQGAN_PRESETS, VQLossConfig
 from dydis.models.lpips import LPIPS
 from dydis.models.vqgan import VQGAN, VectorQuantizer
@@ -137,7 +138,7 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
     cfg = _config(max_steps=2, base_lr=1e-4)
     ctx = training.Context(0, 1, torch.device("cpu"))
     poisoned = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, codebook_weight=float("nan")))
-    with pytest.raises(training.TrainingDiverged, match="non-finite at step 0"):
+    with pytest.raises(TrainingDiverged, match="non-finite at step 0"):
         training.fit(ctx, poisoned, images, torch.arange(16), tmp_path, resume=False)
 
 

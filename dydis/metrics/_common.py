@@ -1,4 +1,5 @@
-"""Helpers shared by the metrics: input checks, the histogram discretiser, discrete MI.
+"""Helpers shared by the metrics: input checks, the histogram discretiser, discrete MI,
+mean and spread across runs.
 
 The discretiser and the mutual information follow disentanglement_lib's
 ``evaluation/metrics/utils.py`` (``_histogram_discretize``, ``discrete_mutual_info``,
@@ -84,3 +85,14 @@ def discrete_mutual_info(discrete_codes: np.ndarray, factors: np.ndarray) -> np.
 def discrete_entropy(factors: np.ndarray) -> np.ndarray:
     """Entropy in nats of each factor, (n_factors,), as ``mutual_info_score(y, y)``."""
     return np.array([mutual_info_score(y, y) for y in factors.T])
+
+
+def summarize(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and standard deviation (ddof 0, 0 for one run) of each score across runs.
+
+    The paper's tables report mean ± std over models or seeds; eval-metrics and the downstream
+    task both summarise their runs this way.
+    """
+    keys = list(dict.fromkeys(k for r in runs for k in r))
+    return {k: {"mean": float(np.mean([r[k] for r in runs])), "std": float(np.std([r[k] for r in runs]))}
+            for k in keys}

@@ -128,22 +128,57 @@ def dci_importance(
     rs = np.random.RandomState(seed)
     y_train, rows_train = ground_truth.sample(n_train, rs, batch_size=batch_size)
     y_test, rows_test = ground_truth.sample(n_test, rs, batch_size=batch_size)
-    x_train, x_test = codes[rows_train], codes[rows_test]
+    return fit_factor_classifiers(codes[rows_train], y_train, codes[rows_test], y_test,
+                                  seed=seed, n_jobs=n_jobs, backend=backend)
 
+
+def fit_factor_classifiers(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    seed: int = 0,
+    n_jobs: int = -1,
+    backend: str = "fast",
+) -> DCIFit:
+    """Fit one ``GradientBoostingClassifier()`` per factor on given samples, in parallel.
+
+    Split out of ``dci_importance`` because the downstream task
+    (``dydis.metrics.downstream``) fits the very same classifiers on its own samples.
+
+    Parameters
+    ----------
+    x_train : (n_train, n_codes) float
+    y_train : (n_train, n_factors) int
+    x_test : (n_test, n_codes) float
+    y_test : (n_test, n_factors) int
+    seed : int
+        The boosting's ``random_state`` (it only breaks ties between equal splits).
+    n_jobs : int
+        Factors fitted in parallel (joblib threads; -1 = all cores).
+    backend : {"fast", "sklearn"}
+        See ``dci``.
+
+    Returns
+    -------
+    DCIFit
+        ``importance`` (n_codes, n_factors) and per-factor train/test accuracies.
+    """
+    n_factors = y_train.shape[1]
     # why: boosting cost grows with the number of classes; biggest first balances the workers.
-    order = np.argsort([-np.unique(y_train[:, j]).size for j in range(y_train.shape[1])],
-                       kind="stable")
+    order = np.argsort([-np.unique(y_train[:, j]).size for j in range(n_factors)], kind="stable")
     if backend not in BACKENDS:
-        raise ConfigError(f"DCI backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConfigError(f"GBT backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "fast":
         x_train = presort(x_train)  # sorted once, shared by all factors
     fits = Parallel(n_jobs=n_jobs, prefer="threads")(
         delayed(_fit_factor)(x_train, y_train[:, j], x_test, y_test[:, j], seed, backend)
         for j in order
     )
-    importance = np.zeros((codes.shape[1], ground_truth.n_factors))
-    train_acc = np.zeros(ground_truth.n_factors)
-    test_acc = np.zeros(ground_truth.n_factors)
+    importance = np.zeros((x_test.shape[1], n_factors))
+    train_acc = np.zeros(n_factors)
+    test_acc = np.zeros(n_factors)
     for j, (imp, acc_train, acc_test) in zip(order, fits):
         importance[:, j], train_acc[j], test_acc[j] = imp, acc_train, acc_test
     return DCIFit(importance, train_acc, test_acc)

@@ -21,7 +21,7 @@ from dydis.metrics.ground_truth import GroundTruth
 from dydis.metrics.infomec import infomec_details
 from dydis.metrics.mig import mig
 from dydis.metrics.modularity import modularity_explicitness
-from dydis.metrics.reduce import REDUCTIONS, reduce_units
+from dydis.metrics.reduce import REDUCTIONS, reduce_codes
 from dydis.metrics.sap import sap
 from dydis.metrics.tad import tad_details
 
@@ -115,7 +115,7 @@ def evaluate(
     scalar_codes = None
     tad_needs_scalars = "tad" in chosen and not _tad_reduces(codes, reduce)
     if any(m in GRID_METRICS for m in chosen) or tad_needs_scalars:
-        scalar_codes = reduce_units(codes, reduce) if codes.ndim == 3 else codes
+        scalar_codes = reduce_codes(codes, reduce)
 
     scores = Scores()
     for name in chosen:

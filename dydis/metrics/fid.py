@@ -11,8 +11,13 @@ eigenvalues of S_r^(1/2) S_g S_r^(1/2), which is symmetric positive semi-definit
 same eigenvalues as S_r S_g; this avoids ``scipy.linalg.sqrtm``'s complex round-off and is
 exact up to rounding (the tests check it against the sqrtm formula).
 
-The feature network is injected (``compute_features``): loading Inception weights is the
-caller's business, and tests pass a small stand-in.
+The feature network is injected (``compute_features``), so tests run with a small stand-in.
+The standard one is pytorch-fid's Inception from a local weights file; ``compute_features``
+hands it [0, 1] batches of any size, which it resizes and rescales itself::
+
+    net = load_fid_inception(weights_path).to(device)  # dydis.models.inception
+    real = compute_features(real_images, net, device=device)
+    generated = compute_features(generated_images, net, device=device)
 """
 
 from __future__ import annotations
@@ -98,8 +103,8 @@ def compute_features(
     images : (n, h, w, 3) uint8, or (n, 3, h, w) float in [0, 1]
         The dataset format's uint8 images (channels last) or a float batch (channels first).
     feature_net : callable
-        Maps a float32 batch (b, 3, h, w) in [0, 1] on ``device`` to features (b, d); the
-        Inception wrapper does its own resizing and normalisation.
+        Maps a float32 batch (b, 3, h, w) in [0, 1] on ``device`` to features (b, d);
+        ``FIDInceptionV3`` does its own resizing and normalisation.
     batch_size : int
     device : str or torch.device
     progress : callable, optional

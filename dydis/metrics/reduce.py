@@ -52,6 +52,18 @@ def reduce_units(units: np.ndarray, method: str = "pca") -> np.ndarray:
     return np.concatenate([_pca1(units[:, i, :]) for i in range(units.shape[1])], axis=1)
 
 
+def reduce_codes(codes: np.ndarray, method: str = "pca") -> np.ndarray:
+    """The (n, n_codes) codes the grid metrics and the downstream task fit on.
+
+    Vector units (n, N, D) go through ``reduce_units``; codes that are already (n, n_codes)
+    are used as given, because PCA(1) of a single column only centres and maybe flips it.
+    """
+    codes = np.asarray(codes)
+    if codes.ndim == 2 and method in REDUCTIONS:
+        return codes
+    return reduce_units(codes, method)
+
+
 def _pca1(x: np.ndarray) -> np.ndarray:
     """First principal component scores (n, 1) of one unit's vectors (n, D)."""
     return np.nan_to_num(PCA(n_components=1).fit_transform(x))

@@ -9,12 +9,13 @@ generators the loop owns.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dydis.errors import DataError
+from dydis.errors import ConfigError, DataError
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -45,3 +46,15 @@ def cpu_state(module_or_optimizer) -> dict[str, Any]:
         return value
 
     return move(module_or_optimizer.state_dict())
+
+
+def prepare_run_dir(run_dir: Path, checkpoint: Path, config: Any, resume: bool) -> None:
+    """Keep the run directory for ``--resume`` when its checkpoint has the same config, else
+    start it afresh; resuming a run that was started with another config is an error."""
+    if resume and checkpoint.is_file():
+        if load_checkpoint(checkpoint)["config"] != config:
+            raise ConfigError(f"--resume: the run in {run_dir} was started with a different config; "
+                              "resume with the same settings or drop --resume to start over")
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ The loop runs in every process; only rank 0 writes checkpoints and logs.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import time
@@ -21,21 +20,18 @@ import torch.distributed as dist
 
 from dydis.config import TrainVQGANConfig
 from dydis.distributed import Context
-from dydis.errors import DydisError
+from dydis.errors import TrainingDiverged
 from dydis.models.lpips import HUB_VGG16, LPIPS
 from dydis.models.vqgan import VQGAN
 from dydis.models.vqgan_loss import VQGANLoss
 from dydis.progress import Progress, SilentProgress
 from dydis.training.batches import BatchStream, to_model_input
 from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
+from dydis.training.csvlog import CsvLog
 
 log = logging.getLogger("dydis.train_vqgan")
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
-
-
-class TrainingDiverged(DydisError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def build_models(cfg: TrainVQGANConfig, lpips: LPIPS | None) -> tuple[VQGAN, VQGANLoss]:
@@ -128,7 +124,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                 "opt_ae": cpu_state(opt_ae), "opt_d": cpu_state(opt_d), "step": at_step, "config": cfg,
             })
 
-    logger = _CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
+    logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     started, seen = time.perf_counter(), 0
     with progress.task("train-vqgan", total=steps, unit="step") as task:
         task.advance(step)
@@ -189,39 +185,6 @@ def _restart_dead_codes(model: VQGAN, x: torch.Tensor, step: int, cfg: TrainVQGA
     if ctx.distributed:  # rank 0's encodings win, so the replicas keep one codebook
         dist.broadcast(quantizer.embedding.weight.data, 0)
     return restarted
-
-
-class _CsvLog:
-    """Training log rows in a CSV; on resume, drops rows logged after the checkpoint.
-
-    A row is appended as one line; the file is rewritten only when a row brings a new column
-    (the GAN terms appear at ``disc_start``, ``restarted_codes`` at the first restart).
-    """
-
-    def __init__(self, path: Path, keep_until: int):
-        rows = []
-        if path.is_file() and keep_until > 0:
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
-        self.path, self.rows = path, rows
-        self.fields = list(dict.fromkeys(k for r in rows for k in r))
-        self._rewrite()
-
-    def write(self, row: dict) -> None:
-        self.rows.append(row)
-        if set(row) <= set(self.fields):
-            with open(self.path, "a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
-        else:
-            self.fields += [k for k in row if k not in self.fields]
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        with open(self.path, "w", newline="") as handle:
-            if self.fields:
-                writer = csv.DictWriter(handle, fieldnames=self.fields)
-                writer.writeheader()
-                writer.writerows(self.rows)
 
 
 # ---- evaluation and the latent cache -------------------------------------------------------

@@ -1,0 +1,39 @@
+"""A training log as CSV that survives resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class CsvLog:
+    """Training log rows in a CSV; on resume, drops rows logged after the checkpoint.
+
+    A row is appended as one line; the file is rewritten only when a row brings a new column
+    (the GAN terms appear at ``disc_start``, ``restarted_codes`` at the first restart).
+    """
+
+    def __init__(self, path: Path, keep_until: int):
+        rows = []
+        if path.is_file() and keep_until > 0:
+            with open(path, newline="") as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
+        self.path, self.rows = path, rows
+        self.fields = list(dict.fromkeys(k for r in rows for k in r))
+        self._rewrite()
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        if set(row) <= set(self.fields):
+            with open(self.path, "a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self.fields).writerow(row)
+        else:
+            self.fields += [k for k in row if k not in self.fields]
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        with open(self.path, "w", newline="") as handle:
+            if self.fields:
+                writer = csv.DictWriter(handle, fieldnames=self.fields)
+                writer.writeheader()
+                writer.writerows(self.rows)

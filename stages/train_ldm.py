@@ -1,0 +1,151 @@
+"""`train-ldm`: the diffusion model with the feature extractor, DyGA and Skip Dropout.
+
+Reads a dataset artifact and a vqgan artifact trained on it (its cached latents, so the VQ
+encoder never runs in the loop, and its decoder for the sample sheet); publishes an ldm
+artifact with the extractor, the EMA U-Net and the anchors of the last DyGA round.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from dydis.artifacts import Artifact, ArtifactStore
+from dydis.config import TrainLDMConfig, to_dict
+from dydis.data.preview import save_grid
+from dydis.data.standard import DatasetFile
+from dydis.distributed import launch, pick_device, publishes_results
+from dydis.errors import ArtifactError, ConfigError, DataError
+from dydis.models.vqgan import VQGAN
+from dydis.plots import loss_curves
+from dydis.progress import Progress, SilentProgress
+from dydis.training import ldm as training
+from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
+
+STAGE = "train-ldm"
+
+
+def resolve_inputs(cfg: TrainLDMConfig, store: ArtifactStore) -> tuple[TrainLDMConfig, Artifact, Artifact]:
+    """The dataset and vqgan artifacts, and the config with the dataset's paper defaults filled in.
+
+    ``--dataset NAME`` alone means the latest ``prepare-data/NAME`` and ``train-vqgan/NAME``.
+    """
+    data = store.load(cfg.data or f"prepare-data/{cfg.dataset}", kind="dataset")
+    dataset = data.config.get("dataset", "")
+    if cfg.dataset and cfg.data and cfg.dataset != dataset:
+        raise ConfigError(f"--dataset {cfg.dataset} but --data {data.ref} holds {dataset or 'another dataset'}")
+    vqgan = store.load(cfg.vqgan or f"train-vqgan/{data.name}", kind="vqgan")
+    trained_on = [i["manifest_sha256"] for i in vqgan.manifest.get("inputs", []) if i["role"] == "data"]
+    if trained_on != [data.manifest_sha256()]:
+        raise ArtifactError(f"this vqgan artifact was trained on another dataset artifact than {data.ref}; "
+                            "pass the vqgan trained on it (--vqgan)", vqgan.path)
+    cfg = dataclasses.replace(cfg, data=data.ref, vqgan=vqgan.ref).for_dataset(dataset)
+    return cfg, data, vqgan
+
+
+def load_latents(vqgan: Artifact, n_rows: int, cfg: TrainLDMConfig) -> tuple[np.ndarray, float]:
+    """The cached latents (n, c, h, w) float32 already multiplied by the scale factor, and the factor."""
+    path = vqgan.file("latents.h5")
+    try:
+        with h5py.File(path, "r") as h5:
+            latents, scale = h5["latents"], float(h5.attrs["scale_factor"])
+            expected = (n_rows, cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
+            if latents.shape != expected:
+                raise DataError(f"latents: expected shape {expected} (dataset rows x the U-Net's input), found "
+                                f"{latents.shape}", path)
+            scaled = latents[()].astype(np.float32) * np.float32(scale)
+    except (OSError, KeyError) as err:
+        raise DataError(f"not a readable latent cache with 'latents' and a scale_factor ({err})", path) from None
+    return scaled, scale
+
+
+def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
+        resume: bool = False, progress: Progress | None = None) -> Artifact | None:
+    progress = progress or SilentProgress()
+    cfg, data_artifact, vqgan_artifact = resolve_inputs(cfg, store)
+    name = name or data_artifact.name
+    device = pick_device(cfg.gpus)
+    run_dir = runs_dir / STAGE / name
+    checkpoint = run_dir / training.CHECKPOINT
+    if publishes_results():  # under torchrun, rank 0 owns the (shared) run directory
+        prepare_run_dir(run_dir, checkpoint, cfg, resume)
+
+    with DatasetFile(data_artifact.file("data.h5")) as data:
+        with progress.task("loading images", total=1, unit="file") as task:
+            images = data.images[()]
+            task.advance(1)
+    latents, scale = load_latents(vqgan_artifact, len(images), cfg)
+    world = max(1, cfg.gpus)
+    if len(images) < cfg.batch_size * world:
+        raise ConfigError(f"config key batch_size: {cfg.batch_size} x {world} processes is more than the "
+                          f"{len(images)} images of {data_artifact.ref}")
+    started = time.perf_counter()
+    launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
+           torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None)
+    train_seconds = time.perf_counter() - started
+    if not publishes_results():
+        return None
+
+    state = load_checkpoint(checkpoint)
+    weights = training.final_model_state(state)
+    saved = {"model": weights, "anchors": state["anchors"], "scale_factor": scale,
+             "configs": {"feature_extractor": to_dict(cfg.feature_extractor), "unet": to_dict(cfg.unet),
+                         "diffusion": to_dict(cfg.diffusion),
+                         "fsq": to_dict(cfg.fsq) if cfg.quantizer == "fsq" else None}}
+    log_rows = _read_csv(run_dir / training.LOG_CSV)
+    rounds = _read_csv(run_dir / training.ROUNDS_CSV)
+    with store.create(stage=STAGE, name=name, kind="ldm", config=to_dict(cfg),
+                      inputs={"data": data_artifact, "vqgan": vqgan_artifact}, seed=cfg.seed,
+                      device=str(device)) as writer:
+        torch.save(saved, writer.dir / "model.pt")
+        shutil.copy(run_dir / training.LOG_CSV, writer.dir / "train_log.csv")
+        if rounds:
+            shutil.copy(run_dir / training.ROUNDS_CSV, writer.dir / "dyga_rounds.csv")
+        loss_curves(log_rows, ["loss"], writer.dir / "loss.png", f"train-ldm {name}")
+        with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
+            _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, latents.shape[1:], scale, cfg, device,
+                          writer.dir / "samples.png")
+            task.advance(1)
+        writer.results.update({
+            "steps": int(state["step"]),
+            "epochs": float(log_rows[-1]["epoch"]) if log_rows else 0.0,
+            "final_loss": float(log_rows[-1]["loss"]) if log_rows else None,
+            "train_seconds": round(train_seconds, 1),
+            "images_per_second": float(log_rows[-1]["images_per_s"]) if log_rows else None,
+            "dyga_rounds": int(state["dyga_rounds"]),
+            "anchors_per_unit": [int(k) for k in rounds[-1]["anchors"].split()] if rounds else None,
+            "latent_units": cfg.feature_extractor.latent_units,
+            "parameters": {"feature_extractor": _count(weights, "feature_extractor."),
+                           "unet": _count(weights, "unet.")},
+        })
+    return writer.artifact
+
+
+def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray, latent_shape: tuple[int, ...],
+                  scale: float, cfg: TrainLDMConfig, device: torch.device, out: Path) -> None:
+    """Originals above DDIM samples (EMA U-Net, eta from the config) conditioned on their units."""
+    model, _ = training.load_model(model_path)
+    model.to(device)
+    vqgan = VQGAN.from_file(vqgan_artifact.file("model.pt")).to(device)
+    shown = np.linspace(0, len(images) - 1, min(cfg.sample_images, len(images))).astype(int)
+    generated = training.ddim_reconstruct(model, lambda z: vqgan.decode(z / scale), images[shown], latent_shape,
+                                          device, seed=cfg.seed)
+    save_grid(np.concatenate([images[shown], generated]), out)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _count(weights: dict[str, torch.Tensor], prefix: str) -> int:
+    return sum(v.numel() for k, v in weights.items() if k.startswith(prefix))
