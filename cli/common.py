@@ -38,6 +38,11 @@ RepsDataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset arti
 RepsOpt = Annotated[Optional[list[Path]], typer.Option(
     "--reps", help="An .npz with `codes` (n_rows, n_codes) or (n_rows, N, D) in dataset row order; repeat for "
                    "several models/seeds (mean +- std).", show_default=False)]
+ModelsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model", help="An ldm artifact: its representation of every dataset row is computed (and stored); repeat "
+                    "for several seeds (mean +- std).", show_default=False)]
+GpusOpt = Annotated[Optional[int], typer.Option("--gpus", help="0 = CPU; >= 1 runs the models on the GPU.",
+                                                show_default=False)]
 ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units to scalars: pca (paper), scalar or none.",
                                                   show_default=False)]
 NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]

@@ -8,13 +8,14 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
                               RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
 from dydis.config import DownstreamGBTConfig, build_config
 
 
 @handle_errors
 def downstream_gbt(
+    model: ModelsOpt = None,
     data: RepsDataOpt = None,
     reps: RepsOpt = None,
     reduce: ReduceOpt = None,
@@ -26,6 +27,7 @@ def downstream_gbt(
     test_size: Annotated[Optional[int], typer.Option(help="Test points drawn after each training set "
                                                           "[default: 5000].", show_default=False)] = None,
     n_jobs: NJobsOpt = None,
+    gpus: GpusOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -39,12 +41,14 @@ def downstream_gbt(
     sampling, with test rows never in the training set. Prints the downstream artifact path on
     stdout and a table on stderr. Example:
 
+      dydis downstream-gbt --model train-ldm/shapes3d-s42 --model train-ldm/shapes3d-s43
+
       dydis downstream-gbt --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
     """
     from dydis.stages import downstream_gbt as stage  # deferred: imports scikit-learn
 
-    flags = dict(data=data, reps=[str(p) for p in reps] if reps else None, reduce=reduce, seeds=seeds, sizes=sizes,
-                 test_size=test_size, n_jobs=n_jobs, seed=seed)
+    flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, reduce=reduce, seeds=seeds,
+                 sizes=sizes, test_size=test_size, n_jobs=n_jobs, gpus=gpus, seed=seed)
     cfg = build_config(DownstreamGBTConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
     report = json.loads(artifact.file("downstream.json").read_text())

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
                               RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
 from dydis.config import EvalMetricsConfig, build_config
 
 
 @handle_errors
 def eval_metrics(
+    model: ModelsOpt = None,
     data: RepsDataOpt = None,
     reps: RepsOpt = None,
     metrics: Annotated[Optional[str], typer.Option(
-        help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad [default: all that apply].",
+        help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad,fid [default: all that apply; fid "
+             "with --model when the Inception weights are here].",
         show_default=False)] = None,
     reduce: ReduceOpt = None,
     n_jobs: NJobsOpt = None,
+    gpus: GpusOpt = None,
+    fid_weights: Annotated[Optional[Path], typer.Option(help="FID Inception weights pt_inception-2015-12-05-6726825d.pth "
+                                                             "[default: the torch hub cache].", show_default=False)] = None,
+    fid_samples: Annotated[Optional[int], typer.Option(help="Generated images for FID [default: 50000].",
+                                                       show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -33,12 +41,15 @@ def eval_metrics(
     Definitions and defaults follow disentanglement_lib (DESIGN section 7). Prints the
     metrics artifact path on stdout and a table on stderr. Example:
 
+      dydis eval-metrics --model train-ldm/shapes3d-s42 --model train-ldm/shapes3d-s43
+
       dydis eval-metrics --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
     """
     from dydis.stages import eval_metrics as stage  # deferred: imports scikit-learn
 
-    flags = dict(data=data, reps=[str(p) for p in reps] if reps else None, metrics=metrics, reduce=reduce,
-                 n_jobs=n_jobs, seed=seed)
+    flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, metrics=metrics,
+                 reduce=reduce, n_jobs=n_jobs, gpus=gpus, fid_samples=fid_samples,
+                 fid_weights=str(fid_weights) if fid_weights else None, seed=seed)
     cfg = build_config(EvalMetricsConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
     summary = artifact.results["metrics"]

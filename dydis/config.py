@@ -385,6 +385,19 @@ class TrainLDMConfig:
                                    dyga=dataclasses.replace(self.dyga, every=every))
 
 
+def check_representation_sources(cfg: Any) -> None:
+    """eval-metrics and downstream-gbt score ldm artifacts (``models``) or files (``reps``)."""
+    if not cfg.reps and not cfg.models:
+        raise ConfigError("config keys models / reps: give an ldm artifact (--model) or a representation file "
+                          "(--reps codes.npz)")
+    if cfg.reps and cfg.models:
+        raise ConfigError("config keys models / reps: give ldm artifacts or representation files, not both")
+    if not cfg.data and not cfg.models:
+        raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
+    if cfg.batch_size < 2 or cfg.gpus < 0:
+        raise ConfigError(f"config keys batch_size / gpus: expected >= 2 and >= 0, found {cfg.batch_size}, {cfg.gpus}")
+
+
 MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec", "tad", "fid"]
 
 
@@ -392,42 +405,53 @@ MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec",
 class EvalMetricsConfig:
     """`eval-metrics`: disentanglement metrics of representations (DESIGN section 7)."""
 
-    data: str = ""  # dataset artifact with the ground truth
-    reps: tuple[str, ...] = ()  # .npz files with `codes` aligned with the dataset rows (one per model/seed)
-    metrics: tuple[MetricName, ...] | None = None  # default: every metric the dataset allows
+    data: str = ""  # dataset artifact with the ground truth; default: the models' training data
+    models: tuple[str, ...] = ()  # ldm artifacts: their representation of every dataset row is computed
+    reps: tuple[str, ...] = ()  # or: .npz files with `codes` aligned with the dataset rows (one per model/seed)
+    metrics: tuple[MetricName, ...] | None = None  # default: every metric the dataset and inputs allow
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each (PCA(1) per unit: the paper)
     tad_protocol: Literal["dis-dis", "nashae"] = "dis-dis"
     infomec_active: Literal["iqr", "range"] = "iqr"  # the authors' vendored rule, or latent_quantization's
     dci_backend: Literal["fast", "sklearn"] = "fast"  # same trees as scikit-learn's from presorted columns; "sklearn" fits its own, 5-7x slower
     n_jobs: int = -1  # parallel fits (joblib); -1 = every core
+    fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; default: the torch hub cache
+    fid_samples: int = 50_000  # generated images, each conditioned on a random training image (the authors')
+    fid_reference: int | None = None  # real images for FID (seeded subsample); None = every dataset image
+    fid_steps: int = 100  # DDIM steps (eta 0) of the generated images
+    batch_size: int = 256  # images per pass when computing representations, samples and Inception features
+    gpus: int = 0  # 0 = CPU; >= 1 = run the models on the GPU
     seed: int = 0  # each metric draws from a fresh RandomState(seed)
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
-        if not self.reps:
-            raise ConfigError("config key reps: give at least one representation file (--reps codes.npz)")
+        check_representation_sources(self)
+        if self.metrics and "fid" in self.metrics and not self.models:
+            raise ConfigError("config key metrics: fid needs a generative model (--model), not --reps")
+        for key in ("fid_samples", "fid_steps"):
+            if getattr(self, key) < 2:
+                raise ConfigError(f"config key {key}: expected at least 2, found {getattr(self, key)}")
+        if self.fid_reference is not None and self.fid_reference < 2:
+            raise ConfigError(f"config key fid_reference: expected at least 2 images, found {self.fid_reference}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DownstreamGBTConfig:
     """`downstream-gbt`: GBT sample efficiency of representations (the paper's Table 5, DESIGN section 9)."""
 
-    data: str = ""  # dataset artifact with the ground truth
-    reps: tuple[str, ...] = ()  # .npz files with `codes` aligned with the dataset rows (one per model)
+    data: str = ""  # dataset artifact with the ground truth; default: the models' training data
+    models: tuple[str, ...] = ()  # ldm artifacts: their representation of every dataset row is computed
+    reps: tuple[str, ...] = ()  # or: .npz files with `codes` aligned with the dataset rows (one per model)
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each, as eval-metrics
     seeds: int = 5  # evaluation seeds seed, seed+1, ...; each draws every size from a fresh RandomState
     sizes: tuple[int, ...] = (10_000, 1_000, 100)  # training sizes, drawn in this order; ratios are to the largest
     test_size: int = 5_000  # fresh test points after each training set (disentanglement_lib)
     backend: Literal["fast", "sklearn"] = "fast"  # the boosted trees, as eval-metrics' dci_backend
     n_jobs: int = -1  # parallel factor fits (joblib); -1 = every core
+    batch_size: int = 256  # images per pass when computing a model's representation
+    gpus: int = 0  # 0 = CPU; >= 1 = run the models on the GPU
     seed: int = 0  # the first evaluation seed
 
     def __post_init__(self) -> None:
-        if not self.data:
-            raise ConfigError("config key data: name the dataset artifact the representations belong to (--data)")
-        if not self.reps:
-            raise ConfigError("config key reps: give at least one representation file (--reps codes.npz)")
+        check_representation_sources(self)
         if self.seeds < 1:
             raise ConfigError(f"config key seeds: expected at least 1 seed, found {self.seeds}")
         if len(set(self.sizes)) < 2 or min(self.sizes) < 1 or len(set(self.sizes)) != len(self.sizes):

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from dydis.artifacts import Artifact, ArtifactStore, sha256_file
 from dydis.config import DownstreamGBTConfig, to_dict
-from dydis.data.standard import DatasetFile
 from dydis.errors import DataError
 from dydis.metrics import DownstreamResult, GroundTruth, downstream_gbt, summarize
 from dydis.plots import ratio_bars
 from dydis.progress import Progress, SilentProgress
-from dydis.stages.eval_metrics import load_codes
+from dydis.stages.representations import representations
 
 STAGE = "downstream-gbt"
 
@@ -31,14 +30,16 @@ def run(cfg: DownstreamGBTConfig, store: ArtifactStore, *, name: str | None = No
     after the other models' minutes of boosting.
     """
     progress = progress or SilentProgress()
-    data_artifact = store.load(cfg.data, kind="dataset")
-    with DatasetFile(data_artifact.file("data.h5")) as data:
+    with representations(store, models=cfg.models, reps=cfg.reps, data=cfg.data, reduce=cfg.reduce, gpus=cfg.gpus,
+                         batch_size=cfg.batch_size, progress=progress) as found:
+        data_artifact, data = found.data_artifact, found.data
         if not data.factor_sizes:
             raise DataError("the downstream task predicts ground-truth factors, and this dataset has none",
                             data_artifact.path)
         ground_truth = GroundTruth(data.factors, data.factor_sizes)
         factor_names = list(data.factor_names)
-        codes = [load_codes(path, len(data)) for path in cfg.reps]
+        sources = [{**found.source(i), "sha256": sha256_file(path)} for i, path in enumerate(found.paths)]
+        codes, model_artifacts = found.codes, found.models
     models = []
     with progress.task(STAGE, total=len(codes) * cfg.seeds * len(cfg.sizes), unit="fit") as task:
         for representation in codes:
@@ -49,14 +50,14 @@ def run(cfg: DownstreamGBTConfig, store: ArtifactStore, *, name: str | None = No
     spread, summary = _headline(models)
     reference = models[0].reference
     with store.create(stage=STAGE, name=name or data_artifact.name, kind="downstream", config=to_dict(cfg),
-                      inputs={"data": data_artifact}, seed=cfg.seed) as writer:
+                      inputs={"data": data_artifact, **{f"model_{i}": m for i, m in enumerate(model_artifacts)}},
+                      seed=cfg.seed) as writer:
         report = {
             "sizes": list(cfg.sizes), "reference": reference, "seeds": list(models[0].seeds),
             "test_size": cfg.test_size, "factor_names": factor_names, "spread": spread, "summary": summary,
-            "models": [{"reps": str(Path(path).resolve()), "sha256": sha256_file(Path(path)),
-                        "summary": model.summary,
+            "models": [{**source, "summary": model.summary,
                         "runs": [{"seed": seed, "scores": scores} for seed, scores in zip(model.seeds, model.runs)]}
-                       for path, model in zip(cfg.reps, models)],
+                       for source, model in zip(sources, models)],
         }
         (writer.dir / "downstream.json").write_text(json.dumps(report, indent=2))
         _write_csv(writer.dir / "downstream.csv", summary, models)

@@ -7,78 +7,140 @@ deviation of each metric across them, as the paper's tables report.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import logging
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
 from dydis.artifacts import Artifact, ArtifactStore, sha256_file
 from dydis.config import EvalMetricsConfig, to_dict
 from dydis.data.standard import DatasetFile
 from dydis.errors import DataError
+from dydis.distributed import pick_device
 from dydis.metrics import GroundTruth, evaluate, summarize
+from dydis.metrics.fid import compute_features
+from dydis.models.inception import find_fid_weights, load_fid_inception
+from dydis.models.vqgan import VQGAN
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
+from dydis.stages.representations import input_of, representations
+from dydis.training import ldm
 
 STAGE = "eval-metrics"
-
-
-def load_codes(path: str | Path, n_rows: int) -> np.ndarray:
-    """The ``codes`` array of a reps .npz: (n_rows, n_codes) or (n_rows, N, D), finite."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("representation file not found", path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "codes" not in npz:
-                raise DataError(f"expected an array 'codes' in the npz, found keys {sorted(npz.files)}", path)
-            codes = npz["codes"]
-    except (OSError, ValueError) as err:
-        raise DataError(f"not a readable .npz file ({err.__class__.__name__})", path) from None
-    if codes.ndim not in (2, 3) or codes.shape[0] != n_rows or codes.dtype.kind not in "fiu":
-        raise DataError(f"codes: expected numbers of shape ({n_rows}, n_codes) or ({n_rows}, N, D) to match the "
-                        f"dataset's rows, found {codes.dtype} {codes.shape}", path)
-    if not np.isfinite(codes).all():
-        raise DataError("codes contain NaN or infinite values", path)
-    return codes.astype(np.float64)
+log = logging.getLogger("dydis.eval_metrics")
 
 
 def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None,
         progress: Progress | None = None) -> Artifact:
     progress = progress or SilentProgress()
-    data_artifact = store.load(cfg.data, kind="dataset")
-    with DatasetFile(data_artifact.file("data.h5")) as data:
+    with representations(store, models=cfg.models, reps=cfg.reps, data=cfg.data, reduce=cfg.reduce, gpus=cfg.gpus,
+                         batch_size=cfg.batch_size, progress=progress) as found:
+        data_artifact, models, data = found.data_artifact, found.models, found.data
         ground_truth = GroundTruth(data.factors, data.factor_sizes) if data.factor_sizes else None
-        attributes = data.attributes
-        codes = [load_codes(path, len(data)) for path in cfg.reps]
-    runs = []
-    with progress.task("eval-metrics", total=len(codes), unit="rep") as task:
-        for path, representation in zip(cfg.reps, codes):
-            runs.append(evaluate(representation, ground_truth, metrics=cfg.metrics, seed=cfg.seed, n_jobs=cfg.n_jobs,
-                                 reduce=cfg.reduce, attributes=attributes, tad_protocol=cfg.tad_protocol,
-                                 infomec_active=cfg.infomec_active, options={"dci": {"backend": cfg.dci_backend}},
-                                 progress=lambda metric: task.update(description=f"eval-metrics: {metric}")))
-            task.advance(1)
-    summary = summarize([dict(r) for r in runs])
-    with store.create(stage=STAGE, name=name or data_artifact.name, kind="metrics", config=to_dict(cfg),
-                      inputs={"data": data_artifact}, seed=cfg.seed) as writer:
-        per_run = []
-        for index, (path, scores) in enumerate(zip(cfg.reps, runs)):
-            copy = f"reps_{index}.npz" if len(cfg.reps) > 1 else "reps.npz"
-            shutil.copy(path, writer.dir / copy)
-            per_run.append({"reps": str(Path(path).resolve()), "sha256": sha256_file(Path(path)), "file": copy,
-                            "metrics": {k: float(v) for k, v in scores.items()},
-                            "seconds": {k: round(v, 2) for k, v in scores.timings.items()}})
-        (writer.dir / "metrics.json").write_text(json.dumps({"summary": summary, "runs": per_run}, indent=2))
-        with open(writer.dir / "metrics.csv", "w", newline="") as handle:
-            table = csv.writer(handle)
-            table.writerow(["metric", "mean", "std", *[f"run_{i}" for i in range(len(runs))]])
-            for metric, stats in summary.items():
-                table.writerow([metric, stats["mean"], stats["std"], *[r["metrics"][metric] for r in per_run]])
-        if "dci_importance" in runs[0].arrays:
-            names = data_artifact.results.get("factor_names") or []
-            importance_heatmap(runs[0].arrays["dci_importance"], names, writer.dir / "dci_importance.png")
-        writer.results.update({"metrics": summary, "runs": len(runs)})
+        fid_sets = fid_feature_sets(cfg, store, models, data, progress) if _wants_fid(cfg) else [None] * len(found.codes)
+        runs = []
+        with progress.task("eval-metrics", total=len(found.codes), unit="rep") as task:
+            for representation, fid_features in zip(found.codes, fid_sets):
+                runs.append(evaluate(representation, ground_truth, metrics=cfg.metrics, seed=cfg.seed,
+                                     n_jobs=cfg.n_jobs, reduce=cfg.reduce, attributes=data.attributes,
+                                     tad_protocol=cfg.tad_protocol, infomec_active=cfg.infomec_active,
+                                     options={"dci": {"backend": cfg.dci_backend}}, fid_features=fid_features,
+                                     progress=lambda metric: task.update(description=f"eval-metrics: {metric}")))
+                task.advance(1)
+        summary = summarize([dict(r) for r in runs])
+        inputs = {"data": data_artifact, **{f"model_{i}": m for i, m in enumerate(models)}}
+        with store.create(stage=STAGE, name=name or data_artifact.name, kind="metrics", config=to_dict(cfg),
+                          inputs=inputs, seed=cfg.seed) as writer:
+            per_run = []
+            for index, (path, scores) in enumerate(zip(found.paths, runs)):
+                copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
+                shutil.copy(path, writer.dir / copy)
+                per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy,
+                                "metrics": {k: float(v) for k, v in scores.items()},
+                                "seconds": {k: round(v, 2) for k, v in scores.timings.items()}})
+            _write_tables(writer.dir, summary, per_run)
+            if "dci_importance" in runs[0].arrays:
+                names = data_artifact.results.get("factor_names") or []
+                importance_heatmap(runs[0].arrays["dci_importance"], names, writer.dir / "dci_importance.png")
+            writer.results.update({"metrics": summary, "runs": len(runs)})
     return writer.artifact
 
+
+def _write_tables(directory: Path, summary: dict, per_run: list[dict]) -> None:
+    (directory / "metrics.json").write_text(json.dumps({"summary": summary, "runs": per_run}, indent=2))
+    with open(directory / "metrics.csv", "w", newline="") as handle:
+        table = csv.writer(handle)
+        table.writerow(["metric", "mean", "std", *[f"run_{i}" for i in range(len(per_run))]])
+        for metric, stats in summary.items():
+            table.writerow([metric, stats["mean"], stats["std"], *[r["metrics"][metric] for r in per_run]])
+
+
+def _wants_fid(cfg: EvalMetricsConfig) -> bool:
+    """FID when asked for; by default when there are models and the Inception weights are here."""
+    if cfg.metrics is not None:
+        return "fid" in cfg.metrics
+    if not cfg.models:
+        return False
+    try:
+        find_fid_weights(cfg.fid_weights)
+    except DataError:
+        log.warning("FID skipped: no Inception weights here (--fid-weights PATH)")
+        return False
+    return True
+
+
+def fid_feature_sets(cfg: EvalMetricsConfig, store: ArtifactStore, models: list[Artifact], data: DatasetFile,
+                     progress: Progress) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(real, generated) Inception features per model, by the authors' protocol (DESIGN 9 row 14):
+    DDIM (``fid_steps``, eta 0, EMA U-Net) from seeded noise, each sample conditioned on the units
+    of a training image drawn at random; the dataset's images are the reference set."""
+    device = pick_device(cfg.gpus)
+    net = load_fid_inception(cfg.fid_weights).to(device)
+    n = len(data)
+    rng = np.random.RandomState(cfg.seed)
+    reference = np.arange(n) if cfg.fid_reference is None or cfg.fid_reference >= n else \
+        np.sort(rng.choice(n, cfg.fid_reference, replace=False))
+    with progress.task("FID: real images", total=len(reference), unit="img") as task:
+        real = _features(net, lambda rows: read_rows(data, rows), reference, cfg.batch_size, device, task.advance)
+    sets = []
+    for model_artifact in models:
+        model, _ = ldm.load_model(model_artifact.file("model.pt"))
+        model.to(device)
+        vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt")).to(device)
+        scale = float(torch.load(model_artifact.file("model.pt"), map_location="cpu", weights_only=False)["scale_factor"])
+        unet = model.unet.cfg
+        conditions = np.random.RandomState(cfg.seed + 1).randint(0, n, size=cfg.fid_samples)
+
+        batches = itertools.count()
+
+        def generate(rows: np.ndarray) -> np.ndarray:
+            return ldm.ddim_reconstruct(model, lambda z: vqgan.decode(z / scale), read_rows(data, rows),
+                                        (unet.in_channels, unet.image_size, unet.image_size), device,
+                                        seed=cfg.seed * 1_000_003 + next(batches), steps=cfg.fid_steps, eta=0.0)
+
+        with progress.task(f"FID: generating with {model_artifact.ref}", total=len(conditions), unit="img") as task:
+            generated = _features(net, generate, conditions, cfg.batch_size, device, task.advance)
+        sets.append((real, generated))
+    return sets
+
+
+def _features(net, read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int,
+              device: torch.device, on_rows: Callable[[int], None]) -> np.ndarray:
+    """Inception features of the images ``read`` gives for each batch of ``rows``."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        images = read(rows[start: start + batch_size])
+        out.append(compute_features(images, net, batch_size=batch_size, device=device))
+        on_rows(len(images))
+    return np.concatenate(out)
+
+
+def read_rows(data: DatasetFile, rows: np.ndarray) -> np.ndarray:
+    """Images of ``rows`` in their order, repeats included (HDF5 reads want unique sorted rows)."""
+    unique, where = np.unique(rows, return_inverse=True)
+    return data.images[unique][where]

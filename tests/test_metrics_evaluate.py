@@ -105,3 +105,12 @@ def test_reduce_units_modes():
     assert reduce_units(scalars, "scalar") is scalars
     with pytest.raises(DataError, match="scalar"):
         reduce_units(units, "scalar")
+
+
+def test_a_constant_factor_is_a_clear_error():
+    from dydis.errors import DataError
+
+    factors = np.stack(np.meshgrid(np.arange(3), np.arange(1), np.arange(4), indexing="ij"), -1).reshape(-1, 3)
+    truth = GroundTruth(factors, (3, 1, 4))
+    with pytest.raises(DataError, match=r"factors \[1\] take a single value"):
+        evaluate(factors.astype(float), truth, metrics=["mig"])

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from dydis.errors import ConfigError
+from dydis.errors import ConfigError, DataError
 from dydis.metrics.dci import dci_importance, dci_scores
 from dydis.metrics.factor_vae import factor_vae
 from dydis.metrics.fid import fid
@@ -104,6 +104,10 @@ def evaluate(
         ``tad_captured``, ``fid`` (those computed), with ``.arrays`` and ``.timings``.
     """
     chosen = _choose(metrics, ground_truth, attributes, fid_features)
+    constant = [j for j, size in enumerate(ground_truth.factor_sizes) if size < 2] if ground_truth else []
+    if constant and any(m in GRID_METRICS for m in chosen):
+        raise DataError(f"factors {constant} take a single value: the grid metrics need every factor to vary "
+                        "(prepare the dataset without them, e.g. a synthetic grid with no size-1 factor)")
     if reduce not in REDUCTIONS:
         raise ConfigError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
     options = {k: dict(v) for k, v in (options or {}).items()}
