@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import traceback
@@ -12,6 +13,7 @@ from typing import Annotated, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -46,6 +48,19 @@ GpusOpt = Annotated[Optional[int], typer.Option("--gpus", help="0 = CPU; >= 1 ru
 ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units to scalars: pca (paper), scalar or none.",
                                                   show_default=False)]
 NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]
+
+
+def show_logs() -> None:
+    """The library's log records (resume, DyGA rounds, skipped steps) and Python warnings go to
+    the stderr console, above the progress bars; once per process."""
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.captureWarnings(True)
+    for name in ("dydis", "py.warnings"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, RichHandler) for h in logger.handlers):
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)
+            logger.propagate = False
 
 
 def debug_enabled(flag: bool = False) -> bool:

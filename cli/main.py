@@ -6,12 +6,14 @@ import typer
 
 from dydis import __version__
 from dydis.cli import artifacts
-from dydis.cli.common import fail
+from dydis.cli.common import show_logs
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
+from dydis.cli.run import run
 from dydis.cli.train_ldm import train_ldm
 from dydis.cli.train_vqgan import train_vqgan
+from dydis.cli.visualize import visualize
 
 app = typer.Typer(
     name="dydis",
@@ -34,6 +36,7 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the dydis version.")) -> None:
     """Disentangled representation learning with latent diffusion (DyGA + Skip Dropout)."""
+    show_logs()
 
 
 app.command("prepare-data")(prepare_data)
@@ -41,26 +44,8 @@ app.command("train-vqgan")(train_vqgan)
 app.command("train-ldm")(train_ldm)
 app.command("eval-metrics")(eval_metrics)
 app.command("downstream-gbt")(downstream_gbt)
-
-# Stages that later issues build: they exist in the CLI now so that scripts and --help are
-# stable, and they say plainly that they cannot run yet.
-_PENDING = {
-    "visualize": "Latent interchange, attention maps, interpolation, unit plots, training curves.",
-    "run": "Run the stages of a workflow.yaml in order, skipping those that are up to date.",
-}
-
-
-def _pending(command: str):
-    def pending(ctx: typer.Context) -> None:
-        fail(f"{command} is not implemented yet in dydis {__version__}")
-
-    pending.__doc__ = _PENDING[command] + " (not implemented yet)"
-    return pending
-
-
-for _command in _PENDING:
-    app.command(_command, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
-        _pending(_command))
+app.command("visualize")(visualize)
+app.command("run")(run)
 
 app.add_typer(artifacts.app, name="artifacts")
 
