@@ -146,10 +146,16 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 class ArtifactStore:
-    """Artifacts under one root directory (``--root``, ``$DYDIS_ARTIFACTS`` or ./artifacts)."""
+    """Artifacts under one root directory (``--root``, ``$DYDIS_ARTIFACTS`` or ./artifacts).
 
-    def __init__(self, root: str | Path | None = None):
+    ``workflow``, when given, is recorded as the ``workflow`` entry of every manifest this store
+    writes: the workflow runner's fingerprint of the step, which it looks for to skip steps
+    that are up to date without repeating what each stage fills into its stored config.
+    """
+
+    def __init__(self, root: str | Path | None = None, *, workflow: dict[str, Any] | None = None):
         self.root = Path(root) if root is not None else default_root()
+        self.workflow = workflow
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -332,6 +338,7 @@ class ArtifactWriter:
                  "manifest_sha256": art.manifest_sha256()}
                 for role, art in self.inputs.items()
             ],
+            **({"workflow": self.store.workflow} if self.store.workflow else {}),
             "files": files,
             "results": self.results,
         })

@@ -461,3 +461,41 @@ class DownstreamGBTConfig:
             raise ConfigError(f"config key test_size: expected at least 1 test point, found {self.test_size}")
         if self.n_jobs == 0:
             raise ConfigError("config key n_jobs: expected a number of parallel fits or -1 (every core), found 0")
+
+
+VizWhat = Literal["interchange", "attention", "interpolate", "units", "curves"]
+
+
+@dataclasses.dataclass(frozen=True)
+class VisualizeConfig:
+    """`visualize`: the paper's figures from ldm artifacts (Figs. 1, 3, 4, 6-11)."""
+
+    what: VizWhat | None = None  # which figure
+    models: tuple[str, ...] = ()  # ldm artifacts; several only for curves (one loss line each)
+    data: str = ""  # dataset artifact the images come from; default: the model's training data
+    pairs: int = 4  # source/target pairs (interchange, interpolate), seeded picks
+    images: int = 4  # images, one row each (attention)
+    steps: int = 8  # points on each interpolation line, both ends included
+    points: int = 2_000  # images whose units the units plot embeds (seeded subsample; all if fewer)
+    ddim_steps: int = 100  # the paper's DDIM sampling (eta 0)
+    embedding: Literal["auto", "pacmap", "pca"] = "auto"  # units plot; auto = PaCMAP (as Fig. 1) if installed
+    batch_size: int = 64  # images per DDIM batch or feature pass
+    gpus: int = 0  # 0 = CPU; >= 1 = the first GPU (one device is all a figure needs)
+    seed: int = 0  # the image picks and the starting noise
+
+    def __post_init__(self) -> None:
+        if self.what is None:
+            raise ConfigError("config key what: say which figure: interchange, attention, interpolate, units or "
+                              "curves")
+        if not self.models:
+            raise ConfigError("config key models: give the ldm artifact to visualise (--model)")
+        if len(self.models) > 1 and self.what != "curves":
+            raise ConfigError(f"config key models: {self.what} shows one model, found {len(self.models)}; only "
+                              "curves compares several")
+        for key in ("pairs", "images", "points", "ddim_steps", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")
+        if self.steps < 2:
+            raise ConfigError(f"config key steps: expected at least 2 (both ends), found {self.steps}")
+        if self.gpus < 0:
+            raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")

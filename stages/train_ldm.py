@@ -7,7 +7,6 @@ artifact with the extractor, the EMA U-Net and the anchors of the last DyGA roun
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import shutil
 import time
@@ -28,6 +27,7 @@ from dydis.plots import loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
 from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
+from dydis.training.csvlog import read_rows
 
 STAGE = "train-ldm"
 
@@ -99,8 +99,8 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
              "configs": {"feature_extractor": to_dict(cfg.feature_extractor), "unet": to_dict(cfg.unet),
                          "diffusion": to_dict(cfg.diffusion),
                          "fsq": to_dict(cfg.fsq) if cfg.quantizer == "fsq" else None}}
-    log_rows = _read_csv(run_dir / training.LOG_CSV)
-    rounds = _read_csv(run_dir / training.ROUNDS_CSV)
+    log_rows = read_rows(run_dir / training.LOG_CSV)
+    rounds = read_rows(run_dir / training.ROUNDS_CSV)
     with store.create(stage=STAGE, name=name, kind="ldm", config=to_dict(cfg),
                       inputs={"data": data_artifact, "vqgan": vqgan_artifact}, seed=cfg.seed,
                       device=str(device)) as writer:
@@ -138,13 +138,6 @@ def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray
     generated = training.ddim_reconstruct(model, lambda z: vqgan.decode(z / scale), images[shown], latent_shape,
                                           device, seed=cfg.seed)
     save_grid(np.concatenate([images[shown], generated]), out)
-
-
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def _count(weights: dict[str, torch.Tensor], prefix: str) -> int:

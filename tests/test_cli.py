@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from conftest import write_shapes3d
@@ -20,12 +19,11 @@ def test_help_lists_every_stage():
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["run"])
-def test_pending_stages_say_so(command):
-    result = runner.invoke(app, [command, "--dataset", "cars3d", "--gpus", "1"])
-    assert result.exit_code == 2
-    assert result.stderr.strip() == f"error: {command} is not implemented yet in dydis 0.1.0"
-    assert result.stdout == ""
+def test_run_names_a_missing_workflow_file(tmp_path):
+    missing = tmp_path / "workflow.yaml"
+    result = runner.invoke(app, ["run", str(missing), "--root", str(tmp_path / "store")])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == f"error: {missing}: config file not found"
 
 
 def test_config_file_and_set_overrides(tmp_path):

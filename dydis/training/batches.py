@@ -7,6 +7,7 @@ process takes its own slice of every global batch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -39,3 +40,9 @@ class BatchStream:
 def to_model_input(images_uint8: torch.Tensor) -> torch.Tensor:
     """(b, 64, 64, 3) uint8 -> (b, 3, 64, 64) float in [-1, 1]."""
     return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_images(pixels: torch.Tensor) -> np.ndarray:
+    """(b, 3, 64, 64) float in [-1, 1] -> (b, 64, 64, 3) uint8 on the CPU, the inverse of
+    ``to_model_input``; values outside [-1, 1] (decoders overshoot) are clipped first."""
+    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -6,6 +6,14 @@ import csv
 from pathlib import Path
 
 
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a log CSV as dicts of strings; no file means no rows (a run that never logged)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 class CsvLog:
     """Training log rows in a CSV; on resume, drops rows logged after the checkpoint.
 
@@ -14,10 +22,7 @@ class CsvLog:
     """
 
     def __init__(self, path: Path, keep_until: int):
-        rows = []
-        if path.is_file() and keep_until > 0:
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
+        rows = [r for r in read_rows(path) if int(r["step"]) <= keep_until] if keep_until > 0 else []
         self.path, self.rows = path, rows
         self.fields = list(dict.fromkeys(k for r in rows for k in r))
         self._rewrite()

@@ -41,7 +41,7 @@ from dydis.models.config import DiffusionConfig, FeatureExtractorConfig, FSQConf
 from dydis.models.ema import EMA
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
-from dydis.training.batches import BatchStream, to_model_input
+from dydis.training.batches import BatchStream, to_images, to_model_input
 from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
 from dydis.training.csvlog import CsvLog
 
@@ -350,7 +350,7 @@ def ddim_reconstruct(model: LatentDiffusion, decode: Callable[[Tensor], Tensor],
     noise = torch.randn((len(images), *latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
     z = model.diffusion.ddim_sample(model.unet, context, x_T=noise, steps=steps, eta=eta).x
     pixels = decode(z)
-    return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return to_images(pixels)
 
 
 @torch.no_grad()

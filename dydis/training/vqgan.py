@@ -25,7 +25,7 @@ from dydis.models.lpips import HUB_VGG16, LPIPS
 from dydis.models.vqgan import VQGAN
 from dydis.models.vqgan_loss import VQGANLoss
 from dydis.progress import Progress, SilentProgress
-from dydis.training.batches import BatchStream, to_model_input
+from dydis.training.batches import BatchStream, to_images, to_model_input
 from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
 from dydis.training.csvlog import CsvLog
 
@@ -218,7 +218,7 @@ def evaluate_reconstructions(model: VQGAN, images: np.ndarray, device: torch.dev
 def reconstruct(model: VQGAN, images: np.ndarray, device: torch.device) -> np.ndarray:
     model.eval()
     out = model(to_model_input(torch.from_numpy(images)).to(device)).reconstruction
-    return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return to_images(out)
 
 
 @torch.no_grad()

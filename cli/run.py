@@ -1,0 +1,111 @@
+"""`dydis run`: every stage of a workflow.yaml in order, skipping those that are up to date."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from dydis.cli.common import DebugOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors
+from dydis.errors import ConfigError
+from dydis.workflow import Outcome, Workflow, execute, load_workflow
+
+
+def _seeds(text: str | None) -> tuple[int, ...]:
+    """``42,43,44`` -> (42, 43, 44); distinct, because each seed names its own artifacts."""
+    if not text:
+        return ()
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers like 42,43,44, found {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: each seed once, found {text!r}")
+    return seeds
+
+
+@handle_errors
+def run(
+    workflow: Annotated[Path, typer.Argument(help="The workflow file, e.g. workflow.yaml.")],
+    profile: Annotated[Optional[str], typer.Option(help="Profile to merge over the file, e.g. smoke, cpu-study, "
+                                                        "paper [default: the file's `profile`].",
+                                                   show_default=False)] = None,
+    set_: SetOpt = None,
+    from_: Annotated[Optional[str], typer.Option("--from", help="Start at this stage, re-running it and the rest; "
+                                                                "earlier stages must be up to date.",
+                                                 show_default=False)] = None,
+    until: Annotated[Optional[str], typer.Option(help="Stop after this stage.", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="Run the seeded stages once per seed, e.g. 42,43,44; later "
+                                                      "stages evaluate them together (mean ± std).",
+                                                 show_default=False)] = None,
+    root: RootOpt = None,
+    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    debug: DebugOpt = False,
+) -> None:
+    """Run the stages of a workflow in order, each fed the artifacts of earlier ones.
+
+    A stage whose resolved config and inputs match an existing artifact is skipped ("up to
+    date"); after a failure, running again resumes at the failed stage. --set takes
+    `stage_id.key=value` for a stage's config and `key=value` for the file's vars. Prints the
+    last stage's artifact path on stdout, the metrics and each stage's wall time on stderr.
+    Examples:
+
+      dydis run workflow.yaml --profile smoke
+
+      dydis run workflow.yaml --profile paper --set dataset=cars3d --set data_dir=/data --seeds 42,43,44
+    """
+    from dydis.stages.workflow import STAGES  # deferred: imports torch
+
+    plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
+    outcomes = []
+    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), start=from_, until=until,
+                           progress=RichProgress()):
+        if outcome.status == "up to date":
+            console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
+        else:
+            console.print(f"[green]{_label(outcome)}:[/] wrote {outcome.artifact.ref} in {outcome.seconds:.1f} s",
+                          highlight=False)
+        outcomes.append(outcome)
+    metrics = _metrics_table(outcomes)
+    if metrics.row_count:
+        console.print(metrics)
+    console.print(_times_table(outcomes, plan))
+    emit_result(outcomes[-1].artifact.path)
+
+
+def _metrics_table(outcomes: list[Outcome]) -> Table:
+    """The headline numbers of the evaluation stages, mean ± std over the models they scored."""
+    table = Table(title="metrics")
+    for column in ("artifact", "metric", "mean ± std"):
+        table.add_column(column, justify="right" if column == "mean ± std" else "left", overflow="fold")
+    for outcome in outcomes:
+        artifact = outcome.artifact
+        if artifact.kind == "metrics":
+            scores = artifact.results["metrics"]
+        elif artifact.kind == "downstream":
+            summary = json.loads(artifact.file("downstream.json").read_text())["summary"]
+            scores = {key: summary[key] for key in artifact.results if key.startswith(("acc_", "ratio_"))}
+        else:
+            continue
+        for metric, stats in scores.items():
+            table.add_row(artifact.ref, metric, f"{stats['mean']:.3f} ± {stats['std']:.3f}")
+    return table
+
+
+def _times_table(outcomes: list[Outcome], plan: Workflow) -> Table:
+    """Each job's artifact, whether it ran, and its wall time: where a run's time went."""
+    table = Table(title=f"{plan.path}" + (f" (profile {plan.profile})" if plan.profile else ""))
+    for column in ("stage", "artifact", "status", "wall time"):
+        table.add_column(column, justify="right" if column == "wall time" else "left", overflow="fold")
+    for outcome in outcomes:
+        table.add_row(_label(outcome), outcome.artifact.ref, outcome.status, f"{outcome.seconds:.1f} s")
+    table.add_row("total", "", "", f"{sum(o.seconds for o in outcomes):.1f} s")
+    return table
+
+
+def _label(outcome: Outcome) -> str:
+    """The stage id, and the seed of a seeded stage's job."""
+    return outcome.step if outcome.seed is None else f"{outcome.step} (seed {outcome.seed})"

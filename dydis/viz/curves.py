@@ -1,0 +1,28 @@
+"""Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, and how many
+anchors each unit's DyGA round kept, from an ldm artifact's ``train_log.csv`` and
+``dyga_rounds.csv`` rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    label: str
+    epochs: np.ndarray  # (n_logs,) epoch of each logged loss
+    loss: np.ndarray  # (n_logs,) mean training loss since the previous log line
+    round_epochs: np.ndarray  # (n_rounds,) epoch after which each DyGA round ran
+    anchors: np.ndarray  # (n_rounds, N) int, anchors per unit of each round; (0, 0) without DyGA
+
+
+def run_curves(label: str, log_rows: list[dict[str, str]], round_rows: list[dict[str, str]]) -> RunCurves:
+    """Curves from the CSV rows (dicts of strings) of one run's training log and DyGA rounds."""
+    rounds = [[int(k) for k in r["anchors"].split()] for r in round_rows]
+    return RunCurves(label=label,
+                     epochs=np.array([float(r["epoch"]) for r in log_rows]),
+                     loss=np.array([float(r["loss"]) for r in log_rows]),
+                     round_epochs=np.array([float(r["epoch"]) for r in round_rows]),
+                     anchors=np.array(rounds, dtype=np.int64) if rounds else np.zeros((0, 0), np.int64))

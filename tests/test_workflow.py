@@ -1,0 +1,302 @@
+"""`dydis run`: a workflow.yaml's stages in order, with caching, partial runs, seeds and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import artifact_dirs
+from dydis.artifacts import ArtifactStore
+from dydis.cli.main import app
+from dydis.config import to_dict
+from dydis.errors import ConfigError, DataError
+from dydis.stages import workflow as stage_table
+from dydis.stages.workflow import STAGES
+from dydis.workflow import StageSpec, execute, load_workflow
+
+runner = CliRunner()
+SHIPPED = Path(__file__).resolve().parent.parent / "workflow.yaml"
+
+# The real first three stages at the smallest sizes they accept (ids differ from stage names on purpose).
+TINY = """
+name: tiny
+vars: {dataset: synthetic}
+stages:
+  data:
+    stage: prepare-data
+    config: {dataset: "${dataset}", grid: [2, 2, 2, 2, 2, 2]}
+  vqgan:
+    stage: train-vqgan
+    inputs: {data: data}
+    config: {preset: tiny, max_steps: 1, batch_size: 8, accumulate: 1, holdout: 4,
+             model: {ch: 8, norm_groups: 4, n_embed: 32}, loss: {disc_width: 8}}
+  ldm:
+    stage: train-ldm
+    inputs: {data: data, vqgan: vqgan}
+    config: {preset: tiny, max_steps: 2, batch_size: 8, sample_images: 2, diffusion: {ddim_steps: 2},
+             feature_extractor: {latent_units: 2}, dyga: {subsample: 64, max_components: 2, max_iter: 3}}
+"""
+
+
+def invoke(workflow: Path, root: Path, *args: str):
+    return runner.invoke(app, ["run", str(workflow), "--root", str(root), "--runs", str(root.parent / "runs"), *args])
+
+
+def statuses(result) -> dict[str, str]:
+    """Stage id -> "up to date" or "wrote", from the lines the run prints as it goes."""
+    found = {}
+    for line in result.stderr.splitlines():
+        step, _, rest = line.partition(": ")
+        if rest.startswith(("up to date", "wrote")):
+            found[step] = "up to date" if rest.startswith("up to date") else "wrote"
+    return found
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, one_thread):
+    """TINY run once: (workflow file, store root, the run's result)."""
+    base = tmp_path_factory.mktemp("built")
+    workflow = base / "workflow.yaml"
+    workflow.write_text(TINY)
+    result = invoke(workflow, base / "store")
+    assert result.exit_code == 0, result.output
+    return workflow, base / "store", result
+
+
+@pytest.fixture
+def copy_of(built, tmp_path):
+    """A private copy of the built store and runs, for tests that add versions."""
+    workflow, root, _ = built
+    shutil.copytree(root, tmp_path / "store")
+    shutil.copytree(root.parent / "runs", tmp_path / "runs")
+    return workflow, tmp_path / "store"
+
+
+# ---- the shipped workflow -------------------------------------------------------------------
+
+@pytest.mark.parametrize("profile, sets", [("smoke", []), ("cpu-study", []),
+                                           *[("paper", [f"dataset={d}"]) for d in ("shapes3d", "mpi3d-toy",
+                                                                                   "cars3d", "celeba")]])
+def test_shipped_workflow_resolves_for_every_profile(profile, sets):
+    workflow = load_workflow(SHIPPED, STAGES, profile=profile, overrides=[*sets, "data_dir=/data"])
+    ids = [step.id for step in workflow.steps]
+    assert ids[:4] == ["prepare-data", "train-vqgan", "train-ldm", "eval-metrics"]
+    first = workflow.steps[0].config
+    if profile == "paper":
+        dataset = sets[0].split("=")[1]
+        assert first["dataset"] == dataset and first["source"].startswith("/data/")
+        assert ("downstream-gbt" in ids) == (dataset != "celeba")  # CelebA has no factors to predict
+    else:
+        assert first["dataset"] == "synthetic" and "grid" in first
+
+
+def test_shipped_workflow_has_a_profile_per_scale():
+    assert set(yaml.safe_load(SHIPPED.read_text())["profiles"]) == {"smoke", "cpu-study", "paper"}
+
+
+# ---- the real stages: caching, partial runs, lineage ----------------------------------------
+
+def test_first_run_runs_every_stage_and_prints_the_last_path(built):
+    _, root, result = built
+    assert statuses(result) == {"data": "wrote", "vqgan": "wrote", "ldm": "wrote"}
+    assert result.stdout.strip() == str(root / "train-ldm" / "tiny" / "v1")
+    assert "wall time" in result.stderr
+
+
+def test_second_run_does_nothing(built):
+    workflow, root, _ = built
+    before = artifact_dirs(root)
+    again = invoke(workflow, root)
+    assert again.exit_code == 0, again.output
+    assert statuses(again) == {"data": "up to date", "vqgan": "up to date", "ldm": "up to date"}
+    assert "ldm: up to date (train-ldm/tiny@v1)" in again.stderr
+    assert artifact_dirs(root) == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_changed_value_reruns_its_stage_and_the_later_ones(copy_of):
+    workflow, root = copy_of
+    changed = invoke(workflow, root, "--set", "vqgan.max_steps=2")
+    assert changed.exit_code == 0, changed.output
+    assert statuses(changed) == {"data": "up to date", "vqgan": "wrote", "ldm": "wrote"}
+    ldm = yaml.safe_load((root / "train-ldm" / "tiny" / "v2" / "manifest.yaml").read_text())
+    assert {i["role"]: i["ref"] for i in ldm["inputs"]} == {"data": "prepare-data/tiny@v1",
+                                                           "vqgan": "train-vqgan/tiny@v2"}
+
+
+def test_lineage_runs_from_the_last_artifact_back_to_the_dataset(built):
+    _, root, _ = built
+    store = ArtifactStore(root)
+    last = store.load("train-ldm/tiny")
+    walk = [(depth, parent.ref, intact) for depth, _entry, parent, intact in store.lineage(last)]
+    assert walk == [(0, "prepare-data/tiny@v1", True), (0, "train-vqgan/tiny@v1", True),
+                    (1, "prepare-data/tiny@v1", True)]
+    assert last.manifest["workflow"]["step"] == "ldm" and len(last.manifest["workflow"]["fingerprint"]) == 64
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_from_reruns_that_stage_and_until_stops(copy_of):
+    workflow, root = copy_of
+    partial = invoke(workflow, root, "--until", "vqgan")
+    assert partial.exit_code == 0, partial.output
+    assert statuses(partial) == {"data": "up to date", "vqgan": "up to date"}
+    assert partial.stdout.strip() == str(root / "train-vqgan" / "tiny" / "v1")
+    forced = invoke(workflow, root, "--from", "ldm")
+    assert forced.exit_code == 0, forced.output
+    assert statuses(forced) == {"data": "up to date", "vqgan": "up to date", "ldm": "wrote"}
+    assert forced.stdout.strip() == str(root / "train-ldm" / "tiny" / "v2")
+
+
+def test_from_needs_the_earlier_stages_up_to_date(copy_of):
+    workflow, root = copy_of
+    result = invoke(workflow, root, "--from", "ldm", "--set", "vqgan.max_steps=3")
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (f"error: {workflow}: --from ldm: vqgan has no up-to-date artifact "
+                                              "train-vqgan/tiny; start from it (--from vqgan) or drop --from")
+
+
+# ---- fast stand-in stages: failure and resume, seeds ------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    data: str = ""
+    models: tuple[str, ...] = ()
+    value: int = 0
+    seed: int = 0
+
+
+class FakeStages:
+    """Stand-ins that publish real artifacts in a blink and record how they were called."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, str, bool | None]] = []
+        self.broken: set[str] = set()
+
+    def spec(self, stage: str, kind: str, inputs: dict[str, str] | None = None, trains: bool = False) -> StageSpec:
+        def run(cfg, store, *, name, progress=None, runs_dir=None, resume=None):
+            self.calls.append((stage, name, resume))
+            if stage in self.broken:
+                raise DataError(f"{stage} broken on purpose", "somewhere")
+            sources = [ref for ref in (cfg.data, *cfg.models) if ref]
+            inputs = {f"input_{i}": store.load(ref) for i, ref in enumerate(sources)}
+            with store.create(stage=stage, name=name, kind=kind, config=to_dict(cfg), inputs=inputs,
+                              seed=cfg.seed) as writer:
+                (writer.dir / "out.txt").write_text(f"{cfg.value} {cfg.seed}")
+                writer.results["metrics"] = {"models": {"mean": float(len(cfg.models)), "std": 0.0}}
+            return writer.artifact
+
+        return StageSpec(FakeConfig, run, kind=kind, inputs=inputs or {}, trains=trains)
+
+    def table(self) -> dict[str, StageSpec]:
+        return {"make": self.spec("make", "dataset"),
+                "train": self.spec("train", "ldm", {"data": "dataset"}, trains=True),
+                "score": self.spec("score", "metrics", {"data": "dataset", "models": "ldm"})}
+
+
+FAKE = """
+name: toy
+stages:
+  make: {config: {value: 1}}
+  train: {inputs: {data: make}, seeded: true, config: {seed: 7}}
+  score: {inputs: {data: make, models: [train]}}
+"""
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    stages = FakeStages()
+    monkeypatch.setattr(stage_table, "STAGES", stages.table())
+    workflow = tmp_path / "toy.yaml"
+    workflow.write_text(FAKE)
+    return stages, workflow, tmp_path / "store"
+
+
+def test_a_failed_stage_stops_the_run_and_the_rerun_resumes_it(fakes):
+    stages, workflow, root = fakes
+    stages.broken.add("train")
+    failed = invoke(workflow, root)
+    assert failed.exit_code == 2
+    assert failed.stderr.splitlines()[-1] == "error: somewhere: train broken on purpose"
+    assert "score" not in statuses(failed) and failed.stdout == ""
+    stages.broken.clear()
+    stages.calls.clear()
+    fixed = invoke(workflow, root)
+    assert fixed.exit_code == 0, fixed.output
+    assert statuses(fixed) == {"make": "up to date", "train": "wrote", "score": "wrote"}
+    assert stages.calls == [("train", "toy", True), ("score", "toy", None)]  # resumed from its checkpoint
+    stages.calls.clear()
+    changed = invoke(workflow, root, "--set", "train.value=2")
+    assert changed.exit_code == 0, changed.output
+    assert stages.calls[0] == ("train", "toy", False)  # another config: start afresh
+
+
+def test_seeds_run_the_seeded_stages_once_each_and_evaluate_them_together(fakes):
+    stages, workflow, root = fakes
+    result = invoke(workflow, root, "--seeds", "7,8,9")
+    assert result.exit_code == 0, result.output
+    assert [c[:2] for c in stages.calls] == [("make", "toy"), ("train", "toy"), ("train", "toy-s8"),
+                                             ("train", "toy-s9"), ("score", "toy")]
+    score = ArtifactStore(root).load("score/toy")
+    assert score.config["models"] == ["train/toy@v1", "train/toy-s8@v1", "train/toy-s9@v1"]
+    assert "train (seed 8): wrote train/toy-s8@v1" in result.stderr
+    assert "3.000 ± 0.000" in result.stderr  # the metrics table: the score stage saw three models
+    again = invoke(workflow, root, "--seeds", "7,8,9")
+    assert set(statuses(again).values()) == {"up to date"}
+
+
+def test_execute_yields_each_outcome_in_order(fakes):
+    stages, workflow, root = fakes
+    plan = load_workflow(workflow, stages.table())
+    outcomes = list(execute(plan, stages.table(), root=root, runs_dir=root.parent / "runs", until="train"))
+    assert [(o.step, o.status, o.artifact.ref) for o in outcomes] == [("make", "ran", "make/toy@v1"),
+                                                                      ("train", "ran", "train/toy@v1")]
+
+
+# ---- validation: one line naming the file and the key ------------------------------------------
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d["stages"]["vqgan"].update(stage="train-gan"), "stages.vqgan.stage: unknown stage 'train-gan'"),
+    (lambda d: d["stages"]["ldm"]["inputs"].update(vqgan="vq"), "stages.ldm.inputs.vqgan: 'vq' is no stage id"),
+    (lambda d: d["stages"]["vqgan"]["inputs"].update(data="ldm"), "stages.vqgan.inputs.data: 'ldm' comes later"),
+    (lambda d: d["stages"]["vqgan"]["inputs"].update(data="vqgan"), "stages.vqgan.inputs.data: 'vqgan' is this "
+                                                                    "stage itself (a cycle)"),
+    (lambda d: d["stages"]["ldm"]["inputs"].update(vqgan="data"), "stages.ldm.inputs.vqgan: expects a vqgan artifact"),
+    (lambda d: d["stages"]["ldm"]["inputs"].update(latents="vqgan"), "stages.ldm.inputs.latents: train-ldm takes no "
+                                                                     "input latents"),
+    (lambda d: d["stages"]["ldm"].update(sedded=True), "stages.ldm.sedded: unknown key"),
+    (lambda d: d["stages"]["ldm"]["config"].update(lr=-1.0), "stages.ldm.config: config keys lr"),
+    (lambda d: d["stages"]["data"]["config"].update(dataset="${datset}"), "stages.data.config.dataset: unknown var "
+                                                                          "${datset}"),
+    (lambda d: d.update(profiles={"quick": {"stages": {"gan": {}}}}), "profiles.quick.stages.gan: no such stage"),
+    (lambda d: d.update(profiles={"quick": {"stagse": {}}}), "profiles.quick.stagse: unknown key"),
+    (lambda d: d["stages"]["vqgan"].update(enabled=False), "stages.ldm.inputs.vqgan: 'vqgan' is disabled"),
+])
+def test_bad_workflows_name_the_file_and_the_key(tmp_path, edit, expected):
+    doc = yaml.safe_load(TINY)
+    edit(doc)
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(ConfigError) as caught:
+        load_workflow(path, STAGES, profile="quick" if "profiles" in doc else None)
+    assert str(caught.value).startswith(f"{path}: {expected}")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--profile", "fast"], "profiles: no profile 'fast'"),
+    (["--set", "vqgna.max_steps=3"], "--set vqgna: neither a stage id"),
+    (["--until", "gan"], "--until gan: no such stage"),
+    (["--seeds", "1,2"], "--seeds: no stage is seeded"),
+    (["--from", "ldm", "--until", "vqgan"], "--from ldm comes after --until vqgan"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, args, expected):
+    path = tmp_path / "workflow.yaml"
+    path.write_text(TINY)
+    result = invoke(path, tmp_path / "store", *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {path}: {expected}")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "store").exists()
