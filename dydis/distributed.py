@@ -87,6 +87,8 @@ def _worker(rank: int, world_size: int, backend: str, fn: Callable, args: tuple,
     interpreter shutdown and abort a finished worker (SIGABRT, "terminate called without an
     active exception"), which would fail a run whose work is already saved.
     """
+    if backend == "gloo":  # CPU workers share the cores: more threads than cores spin-wait on each other
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     ctx = init(rank, world_size, backend)
     code = 0
     try:
