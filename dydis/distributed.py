@@ -14,9 +14,9 @@ import signal
 import socket
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import torch
 import torch.distributed as dist
@@ -49,6 +49,14 @@ def pick_device(gpus: int) -> torch.device:
     if gpus > torch.cuda.device_count():
         raise ConfigError(f"--gpus {gpus} asks for more GPUs than the {torch.cuda.device_count()} available")
     return torch.device("cuda", 0)
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
+    """A maker of the training steps' autocast context: bf16 when asked, or by default ("auto")
+    on a GPU; a no-op otherwise (fp32, or the CPU under "auto")."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
 
 
 def under_torchrun() -> bool:

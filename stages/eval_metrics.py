@@ -25,11 +25,9 @@ from dydis.distributed import pick_device
 from dydis.metrics import GroundTruth, evaluate, summarize
 from dydis.metrics.fid import compute_features
 from dydis.models.inception import find_fid_weights, load_fid_inception
-from dydis.models.vqgan import VQGAN
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
-from dydis.stages.representations import input_of, representations
-from dydis.training import ldm
+from dydis.stages.representations import representations, sampler_for
 
 STAGE = "eval-metrics"
 log = logging.getLogger("dydis.eval_metrics")
@@ -106,22 +104,17 @@ def fid_feature_sets(cfg: EvalMetricsConfig, store: ArtifactStore, models: list[
     reference = np.arange(n) if cfg.fid_reference is None or cfg.fid_reference >= n else \
         np.sort(rng.choice(n, cfg.fid_reference, replace=False))
     with progress.task("FID: real images", total=len(reference), unit="img") as task:
-        real = _features(net, lambda rows: read_rows(data, rows), reference, cfg.batch_size, device, task.advance)
+        real = _features(net, data.read_images, reference, cfg.batch_size, device, task.advance)
     sets = []
     for model_artifact in models:
-        model, _ = ldm.load_model(model_artifact.file("model.pt"))
-        model.to(device)
-        vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt")).to(device)
-        scale = float(torch.load(model_artifact.file("model.pt"), map_location="cpu", weights_only=False)["scale_factor"])
-        unet = model.unet.cfg
+        sampler = sampler_for(store, model_artifact, device, steps=cfg.fid_steps, batch_size=cfg.batch_size)
         conditions = np.random.RandomState(cfg.seed + 1).randint(0, n, size=cfg.fid_samples)
 
         batches = itertools.count()
 
         def generate(rows: np.ndarray) -> np.ndarray:
-            return ldm.ddim_reconstruct(model, lambda z: vqgan.decode(z / scale), read_rows(data, rows),
-                                        (unet.in_channels, unet.image_size, unet.image_size), device,
-                                        seed=cfg.seed * 1_000_003 + next(batches), steps=cfg.fid_steps, eta=0.0)
+            return sampler.sample(sampler.units(data.read_images(rows)),
+                                  sampler.noise(len(rows), cfg.seed * 1_000_003 + next(batches)))
 
         with progress.task(f"FID: generating with {model_artifact.ref}", total=len(conditions), unit="img") as task:
             generated = _features(net, generate, conditions, cfg.batch_size, device, task.advance)
@@ -138,9 +131,3 @@ def _features(net, read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, b
         out.append(compute_features(images, net, batch_size=batch_size, device=device))
         on_rows(len(images))
     return np.concatenate(out)
-
-
-def read_rows(data: DatasetFile, rows: np.ndarray) -> np.ndarray:
-    """Images of ``rows`` in their order, repeats included (HDF5 reads want unique sorted rows)."""
-    unique, where = np.unique(rows, return_inverse=True)
-    return data.images[unique][where]

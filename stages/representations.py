@@ -15,8 +15,10 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ArtifactError, DataError
+from dydis.models.vqgan import VQGAN
 from dydis.progress import Progress
 from dydis.training import ldm
+from dydis.viz.sampler import Sampler
 
 
 def input_of(artifact: Artifact, role: str, store: ArtifactStore, kind: str) -> Artifact:
@@ -25,6 +27,15 @@ def input_of(artifact: Artifact, role: str, store: ArtifactStore, kind: str) -> 
         if entry["role"] == role:
             return store.load(entry["path"], kind=kind)
     raise ArtifactError(f"the manifest names no {role} input", artifact.path)
+
+
+def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps: int, batch_size: int) -> Sampler:
+    """An ldm artifact's model (EMA U-Net) and the VQ-GAN it was trained with, on ``device``,
+    ready to turn units into images (eta 0)."""
+    trained = ldm.load_model(model_artifact.file("model.pt"))
+    vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt"))
+    return Sampler(trained.model.to(device), vqgan.to(device), trained.scale_factor, steps=steps,
+                   batch_size=batch_size)
 
 
 def resolve_models(store: ArtifactStore, models: tuple[str, ...], data_ref: str) -> tuple[Artifact, list[Artifact]]:
@@ -42,7 +53,7 @@ def resolve_models(store: ArtifactStore, models: tuple[str, ...], data_ref: str)
 def write_model_reps(model_artifact: Artifact, data: DatasetFile, path: Path, *, gpus: int, batch_size: int,
                      progress: Progress) -> Path:
     """reps .npz of an ldm artifact: ``codes`` the raw units (n, N, D), ``scalars`` (n, N)."""
-    model, _ = ldm.load_model(model_artifact.file("model.pt"))
+    model = ldm.load_model(model_artifact.file("model.pt")).model
     device = pick_device(gpus)
     model.to(device)
     with progress.task(f"representation of {model_artifact.ref}", total=len(data), unit="img") as task:

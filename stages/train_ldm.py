@@ -28,6 +28,7 @@ from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
 from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
 from dydis.training.csvlog import read_rows
+from dydis.viz.sampler import Sampler
 
 STAGE = "train-ldm"
 
@@ -110,8 +111,7 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
             shutil.copy(run_dir / training.ROUNDS_CSV, writer.dir / "dyga_rounds.csv")
         loss_curves(log_rows, ["loss"], writer.dir / "loss.png", f"train-ldm {name}")
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
-            _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, latents.shape[1:], scale, cfg, device,
-                          writer.dir / "samples.png")
+            _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, cfg, device, writer.dir / "samples.png")
             task.advance(1)
         writer.results.update({
             "steps": int(state["step"]),
@@ -128,15 +128,14 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
     return writer.artifact
 
 
-def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray, latent_shape: tuple[int, ...],
-                  scale: float, cfg: TrainLDMConfig, device: torch.device, out: Path) -> None:
+def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray, cfg: TrainLDMConfig,
+                  device: torch.device, out: Path) -> None:
     """Originals above DDIM samples (EMA U-Net, eta from the config) conditioned on their units."""
-    model, _ = training.load_model(model_path)
-    model.to(device)
-    vqgan = VQGAN.from_file(vqgan_artifact.file("model.pt")).to(device)
+    trained = training.load_model(model_path)
+    sampler = Sampler(trained.model.to(device), VQGAN.from_file(vqgan_artifact.file("model.pt")).to(device),
+                      trained.scale_factor, steps=cfg.diffusion.ddim_steps, eta=cfg.diffusion.ddim_eta)
     shown = np.linspace(0, len(images) - 1, min(cfg.sample_images, len(images))).astype(int)
-    generated = training.ddim_reconstruct(model, lambda z: vqgan.decode(z / scale), images[shown], latent_shape,
-                                          device, seed=cfg.seed)
+    generated = sampler.generate(sampler.units(images[shown]), sampler.noise(len(shown), cfg.seed))
     save_grid(np.concatenate([images[shown], generated]), out)
 
 

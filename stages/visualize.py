@@ -19,9 +19,8 @@ from dydis.config import VisualizeConfig, to_dict
 from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ConfigError, DataError
-from dydis.models.vqgan import VQGAN
 from dydis.progress import Progress, SilentProgress
-from dydis.stages.representations import input_of
+from dydis.stages.representations import input_of, sampler_for
 from dydis.training.csvlog import read_rows
 from dydis.training.ldm import extract_features, load_model
 from dydis.viz import figures
@@ -61,17 +60,7 @@ def run(cfg: VisualizeConfig, store: ArtifactStore, *, name: str | None = None,
 
 def _sampler(cfg: VisualizeConfig, store: ArtifactStore, model_artifact: Artifact) -> Sampler:
     """The model (EMA U-Net) and its VQ-GAN on the configured device."""
-    device = pick_device(cfg.gpus)
-    model, _ = load_model(model_artifact.file("model.pt"))
-    vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt"))
-    return Sampler(model.to(device), vqgan.to(device), _scale_factor(model_artifact), steps=cfg.ddim_steps,
-                   batch_size=cfg.batch_size)
-
-
-def _scale_factor(model_artifact: Artifact) -> float:
-    """The latent scale saved beside the weights; memory-mapped, so the weights are not read twice."""
-    saved = torch.load(model_artifact.file("model.pt"), map_location="cpu", weights_only=False, mmap=True)
-    return float(saved["scale_factor"])
+    return sampler_for(store, model_artifact, pick_device(cfg.gpus), steps=cfg.ddim_steps, batch_size=cfg.batch_size)
 
 
 def _pick_rows(dataset: DatasetFile, count: int, seed: int) -> np.ndarray:
@@ -135,7 +124,7 @@ def _units(cfg: VisualizeConfig, store: ArtifactStore, model_artifact: Artifact,
         raise DataError("the units plot colours units by ground-truth factors, and this dataset has none; use a "
                         "dataset with factors (--data)", dataset.path)
     rows = np.sort(_pick_rows(dataset, min(cfg.points, len(dataset)), cfg.seed))
-    model, anchors = load_model(model_artifact.file("model.pt"))
+    model, anchors, _ = load_model(model_artifact.file("model.pt"))
     device = pick_device(cfg.gpus)
     with progress.task("units: features", total=len(rows), unit="img") as task:
         units, _ = extract_features(model.to(device), torch.from_numpy(dataset.read_images(rows)),

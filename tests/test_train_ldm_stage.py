@@ -51,7 +51,7 @@ def test_train_ldm_publishes_model_anchors_logs_and_samples(store, tmp_path):
     results = manifest["results"]
     assert results["steps"] == 4 and results["epochs"] == 1.0 and results["dyga_rounds"] == 1
     assert len(results["anchors_per_unit"]) == 3 and all(1 <= k <= 4 for k in results["anchors_per_unit"])
-    model, anchors = load_model(f"{path}/model.pt")
+    model, anchors, _ = load_model(f"{path}/model.pt")
     assert model.feature_extractor.cfg.latent_units == 3 and anchors.n_components == results["anchors_per_unit"]
     units = model.extract(torch.zeros(2, 3, 64, 64)).units
     assert units.shape == (2, 3, 32)
@@ -115,7 +115,7 @@ def test_eval_metrics_of_a_model_stores_its_representation(store, ldm_artifact):
     assert {i["role"] for i in manifest["inputs"]} == {"data", "model_0"}  # the data comes from the model's inputs
     with np.load(f"{path}/reps.npz") as reps:
         codes, scalars = reps["codes"], reps["scalars"]
-    model, _ = load_model(f"{ldm_artifact}/model.pt")
+    model = load_model(f"{ldm_artifact}/model.pt").model
     data_path = next(i["path"] for i in manifest["inputs"] if i["role"] == "data")
     with DatasetFile(f"{data_path}/data.h5") as data:
         images = data.images[()]

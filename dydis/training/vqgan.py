@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from dydis.config import TrainVQGANConfig
-from dydis.distributed import Context
+from dydis.distributed import Context, autocast_for
 from dydis.errors import TrainingDiverged
 from dydis.models.lpips import HUB_VGG16, LPIPS
 from dydis.models.vqgan import VQGAN
@@ -57,11 +56,6 @@ def total_steps(cfg: TrainVQGANConfig, n_train: int, world_size: int) -> int:
         return cfg.max_steps
     micro_per_epoch = n_train // (cfg.batch_size * world_size)
     return max(1, math.ceil(cfg.epochs * micro_per_epoch / cfg.accumulate))
-
-
-def _autocast(ctx: Context, cfg: TrainVQGANConfig):
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ctx.device.type == "cuda")
-    return torch.autocast(ctx.device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
 
 
 def _average_gradients(parameters: list[torch.nn.Parameter], ctx: Context) -> None:
@@ -115,6 +109,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
             log.info("resumed from %s at step %d of %d", checkpoint_path, step, steps)
     images_on_device = images.to(device) if device.type == "cuda" else images
     rows_on_device = train_rows.to(images_on_device.device)
+    autocast = autocast_for(device, cfg.precision)
     model_params, disc_params = list(model.parameters()), list(discriminator.parameters())
 
     def save(at_step: int) -> None:
@@ -135,7 +130,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                 x = to_model_input(images_on_device[rows]).to(device, non_blocking=True)
                 if device.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(ctx, cfg):
+                with autocast():
                     out = model(x)
                     discriminator.requires_grad_(False)  # the generator's pass must not train D
                     g = loss_fn.generator(x, out.reconstruction, out.codebook_loss, model.last_layer, step)

@@ -37,6 +37,7 @@ class Sampler:
     vqgan: VQGAN
     scale_factor: float
     steps: int = 100
+    eta: float = 0.0  # figures keep 0: a cell then differs from another only through its condition
     batch_size: int = 64
     on_images: Callable[[int], None] | None = None
 
@@ -70,9 +71,9 @@ class Sampler:
 
     @torch.no_grad()
     def sample(self, context: Tensor, x_T: Tensor, callback: StepCallback | None = None) -> np.ndarray:
-        """One batch: DDIM (eta 0) from x_T (b, c, h, w) under context (b, N, D), decoded to
+        """One batch: DDIM (``eta``) from x_T (b, c, h, w) under context (b, N, D), decoded to
         images (b, 64, 64, 3) uint8; ``callback`` runs after every DDIM step."""
-        z = self.model.diffusion.ddim_sample(self.model.unet, context, x_T=x_T, steps=self.steps, eta=0.0,
+        z = self.model.diffusion.ddim_sample(self.model.unet, context, x_T=x_T, steps=self.steps, eta=self.eta,
                                              callback=callback).x
         images = to_images(self.vqgan.decode(z / self.scale_factor))
         if self.on_images is not None:
