@@ -96,14 +96,15 @@ class EMSettings:
 
 def nearest_mean_variance(points: Points, means: Tensor) -> Tensor:
     """Per segment: mean over its points of min_k ||x - mu_k||^2, divided by D. [G] float64."""
-    x64t = points.x64t
-    C, D, L = x64t.shape
+    x64 = points.x64
+    C, L, D = x64.shape
     mu = points.per_chunk(means).double()  # [C, K, D]
     mu_sq = mu.square().sum(-1, keepdim=True)
     block = max(1, (1 << 22) // max(1, C * mu.shape[1]))
-    near = torch.cat([(points.sqnorm[:, None, i:i + block] + mu_sq - 2.0 * torch.bmm(mu, x64t[:, :, i:i + block]))
-                      .amin(1).clamp(min=0) for i in range(0, L, block)], 1)  # [C, L]
-    count = torch.full((C,), float(L), dtype=torch.float64, device=x64t.device)
+    near = torch.cat([(points.sqnorm[:, None, i:i + block] + mu_sq
+                       - 2.0 * torch.bmm(mu, x64[:, i:i + block].transpose(1, 2))).amin(1).clamp(min=0)
+                      for i in range(0, L, block)], 1)  # [C, L]
+    count = torch.full((C,), float(L), dtype=torch.float64, device=x64.device)
     if points.mask is not None:
         near = near * points.mask
         count = points.mask.sum(1).double()
@@ -242,10 +243,11 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
         + torch.arange(length, device=x.device)  # [C, length] position within the segment
     mask = pos < seg_size[owner].unsqueeze(1)
     sorted_pos = (seg_first[owner].unsqueeze(1) + pos).clamp(max=n - 1)
-    index = order[unit[owner]].gather(1, sorted_pos)  # [C, length] point numbers
-    chunk_x = x[unit[owner].unsqueeze(1), index] * mask.unsqueeze(-1)
-    two = order[unit].gather(1, torch.stack([seg_first, seg_first + 1], 1))  # [G, 2]
-    first_two = x[unit.unsqueeze(1), two]
+    flat_order = (order + torch.arange(U, device=x.device).unsqueeze(1) * n).view(-1)  # rows of x.view(U * n, D)
+    rows = flat_order[unit[owner].unsqueeze(1) * n + sorted_pos]  # [C, length]
+    flat_x = x.reshape(U * n, D)
+    chunk_x = flat_x[rows] * mask.unsqueeze(-1)
+    first_two = flat_x[flat_order[(unit * n + seg_first).unsqueeze(1) + torch.arange(2, device=x.device)]]
     if child_init == "spread":
         first_two[:, 1] = _far_point(chunk_x, owner, mask, first_two[:, 0], generator)
     return SplitBatch(Points.of(chunk_x, owner=owner, mask=mask), unit, parent, first_two)
@@ -309,7 +311,7 @@ def drop_small(points: Points, mix: Mixture, min_size: float) -> tuple[Mixture, 
     removed per unit.
     """
     resp, _ = e_step(points, mix)
-    nk = resp.sum(-1, dtype=torch.float64)
+    nk = resp.sum(-1).double()
     del resp
     keep = mix.valid & (nk >= min_size)
     largest = torch.nn.functional.one_hot(nk.masked_fill(~mix.valid, -1).argmax(1), mix.n_slots).bool()

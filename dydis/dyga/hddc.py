@@ -196,21 +196,27 @@ class Points(NamedTuple):
 
     ``owner[c]`` is the segment (mixture) of chunk c, ``None`` when chunk c is segment c.
     ``mask`` marks real points (``None``: all are real); padded points take no part.
-    The float64 transposed copy serves the squared distances, which must stay exact where
-    the covariance floor (1e-6) is far below the features' squared norm.
+    The float64 copy serves the squared distances, which must stay exact where the
+    covariance floor (1e-6) is far below the features' squared norm. Matmuls that want
+    points as columns take transposed views: BLAS reads them as fast as a transposed copy,
+    and a copy of 100,000 points x 20 units costs more than the matmuls it would serve.
     """
 
     x: Tensor  # [C, L, D]  compute dtype (float32, or float64 when given float64)
-    xt: Tensor  # [C, D, L]  the same, transposed for component-major matmuls
-    x64t: Tensor  # [C, D, L]  float64
+    x64: Tensor  # [C, L, D]  float64
     sqnorm: Tensor  # [C, L]  float64, ||x||^2
     owner: Tensor | None = None  # [C] long
     mask: Tensor | None = None  # [C, L] bool
 
     @classmethod
     def of(cls, x: Tensor, owner: Tensor | None = None, mask: Tensor | None = None) -> "Points":
-        x64t = x.transpose(1, 2).double().contiguous()
-        return cls(x, x.transpose(1, 2).contiguous(), x64t, x64t.square().sum(1), owner, mask)
+        x = x.contiguous()
+        x64 = x.double()
+        if x64.requires_grad:
+            sqnorm = x64.square().sum(-1)
+        else:  # a reduction, without a float64 temporary the size of the points
+            sqnorm = torch.linalg.vector_norm(x64, dim=-1).square_()
+        return cls(x, x64, sqnorm, owner, mask)
 
     @property
     def n_segments(self) -> int:
@@ -238,7 +244,7 @@ class Points(NamedTuple):
             renumber = torch.cumsum(keep.long(), 0) - 1
             owner = renumber[self.owner[chunks]]
         mask = None if self.mask is None else self.mask[chunks]
-        return Points(self.x[chunks], self.xt[chunks], self.x64t[chunks], self.sqnorm[chunks], owner, mask)
+        return Points(self.x[chunks], self.x64[chunks], self.sqnorm[chunks], owner, mask)
 
     def per_chunk(self, values: Tensor) -> Tensor:
         """Per-segment values [G, ...] repeated for each chunk: [C, ...]."""
@@ -435,13 +441,13 @@ def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None 
     ``terms`` must be per chunk (``density_terms(points.segment_mixture(mix), ...)``).
     Differentiable in the points when gradients are enabled.
     """
-    xt = points.xt[:, :, start:stop]
+    xt = points.x[:, start:stop].transpose(1, 2)
     C, D, nb = xt.shape
     K = terms.means64.shape[1]
-    grad = torch.is_grad_enabled() and (xt.requires_grad or points.x64t.requires_grad)
+    grad = torch.is_grad_enabled() and (xt.requires_grad or points.x64.requires_grad)
     if terms.need_dist:
         # Squared distances in float64, where ||x||^2 - 2 x.mu + ||mu||^2 is accurate enough.
-        sq = torch.bmm(terms.means64, points.x64t[:, :, start:stop])  # [C, K, nb]
+        sq = torch.bmm(terms.means64, points.x64[:, start:stop].transpose(1, 2))  # [C, K, nb]
         if grad:
             sq = (points.sqnorm[:, None, start:stop] + terms.sq_means - 2.0 * sq).clamp(min=0) * terms.alpha
             quad = sq.to(xt.dtype)
@@ -512,11 +518,11 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
 def scatter_matrices(points: Points, resp: Tensor, means: Tensor, resp_eps: float = RESP_EPS) -> Tensor:
     """Weighted scatter sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T of every segment and slot.
 
-    Only pairs with ``r_ik > resp_eps`` are used. ``nonzero`` lists them in (chunk, slot)
-    order; every (chunk, slot) run is cut into rows of equal length, the points are
-    gathered straight into that padded layout (padding repeats a point with weight 0),
-    centred on their row's component and scaled by sqrt(r_ik), so that one batched matmul
-    forms all outer-product sums. Row results are added per (segment, slot) in float64.
+    Only pairs with ``r_ik > resp_eps`` are used. ``nonzero`` lists them in (chunk, slot,
+    point) order, so the pairs of one (chunk, slot) are a contiguous run. Each point is
+    gathered once per pair, centred on its component and scaled by sqrt(r_ik); the runs
+    are then cut into rows of equal length (zero-padded), so that one batched matmul forms
+    all outer-product sums. Row results are added per (segment, slot) in float64.
 
     Parameters
     ----------
@@ -535,51 +541,59 @@ def scatter_matrices(points: Points, resp: Tensor, means: Tensor, resp_eps: floa
     flat_x = x.reshape(C * L, D)
     flat_means = means.reshape(G * K, D)
     out = torch.zeros(G * K, D, D, dtype=torch.float64, device=x.device)
-    block = max(1, min(L, _block_elements(x.device) // max(1, C * K)))
-    for start in range(0, L, block):
-        stop = min(L, start + block)
-        nb = stop - start
-        r_blk = resp[:, :, start:stop].reshape(-1)
-        flat = (r_blk > resp_eps).nonzero().squeeze(1)  # sorted by (chunk, slot, point)
-        if flat.numel() == 0:
-            continue
-        pair = flat // nb  # chunk * K + slot
-        counts = torch.bincount(pair, minlength=C * K)
-        # Row length ~ the mean run length, so padding costs at most about as much as the data.
-        mean_run = flat.numel() // max(1, int((counts > 0).sum()))  # sync: sizes the rows
-        length = 1 << max(4, min(10, math.ceil(math.log2(max(1, mean_run)))))
-        n_rows = (counts + length - 1) // length
-        row_first = torch.cumsum(n_rows, 0) - n_rows
-        run_first = torch.cumsum(counts, 0) - counts
-        pos = torch.arange(flat.numel(), device=x.device) - run_first[pair]
-        slot = (row_first[pair] + pos // length) * length + pos % length
-        total = int(n_rows.sum()) * length
-        source = torch.zeros(total, dtype=torch.long, device=x.device)
-        source[slot] = (pair // K) * L + start + (flat - pair * nb)  # row of x in flat_x
-        weight = torch.zeros(total, dtype=x.dtype, device=x.device)
-        weight[slot] = r_blk.index_select(0, flat).sqrt_()
-        row_pair = torch.repeat_interleave(torch.arange(C * K, device=x.device), n_rows)
-        row_c = row_pair // K
-        target = owner[row_c] * K + (row_pair - row_c * K)  # segment * K + slot of every row
-        packed = flat_x.index_select(0, source).view(-1, length, D)
-        packed.sub_(flat_means.index_select(0, target).unsqueeze(1)).mul_(weight.view(-1, length, 1))
-        gram = torch.bmm(packed.transpose(1, 2), packed)  # [rows, D, D]
-        out.index_add_(0, target, gram.double())
+    per_chunk = K * L
+    group = max(1, 8 * _block_elements(x.device) // per_chunk)  # chunks whose pairs are listed at once
+    piece = max(1, _block_elements(x.device) // max(1, D))  # pairs gathered at once
+    for first in range(0, C, group):
+        block = resp[first:first + group]
+        keep = block > resp_eps
+        flat = keep.view(-1).nonzero().squeeze(1) + first * per_chunk  # sorted by (chunk, slot, point)
+        del keep
+        for start in range(0, flat.numel(), piece):
+            pairs = flat[start:start + piece]
+            _add_outer_products(out, flat_x, flat_means, owner, pairs, torch.take(resp, pairs), K, L)
     return out.view(G, K, D, D)
+
+
+def _add_outer_products(out: Tensor, flat_x: Tensor, flat_means: Tensor, owner: Tensor, flat: Tensor,
+                        weight: Tensor, K: int, L: int) -> None:
+    """Add sum r (x - mu)(x - mu)^T over the pairs ``flat`` (indices into [C, K, L]) to ``out``."""
+    D = flat_x.shape[1]
+    pair = flat // L  # chunk * K + slot
+    chunk = pair // K
+    target = owner[chunk] * K + (pair - chunk * K)  # segment * K + slot
+    y = flat_x.index_select(0, chunk * L + (flat - pair * L))
+    y.sub_(flat_means.index_select(0, target)).mul_(weight.sqrt().unsqueeze(1))
+    _, counts = torch.unique_consecutive(pair, return_counts=True)
+    # rows of about half the mean run: padding then averages about a quarter of the pairs
+    half_run = max(1, flat.numel() // (2 * counts.numel()))
+    length = 1 << max(4, min(10, (half_run - 1).bit_length()))
+    n_rows = (counts + length - 1) // length
+    run = torch.repeat_interleave(torch.arange(counts.numel(), device=flat.device), counts)
+    run_first = torch.cumsum(counts, 0) - counts
+    row_first = torch.cumsum(n_rows, 0) - n_rows
+    slot = (row_first * length - run_first)[run] + torch.arange(flat.numel(), device=flat.device)
+    packed = y.new_zeros(int(n_rows.sum()) * length, D).index_copy_(0, slot, y).view(-1, length, D)
+    gram = torch.bmm(packed.transpose(1, 2), packed)  # [rows, D, D]
+    out.index_add_(0, torch.repeat_interleave(target[run_first], n_rows), gram.double())
 
 
 def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float, dim_threshold: float = 0.2,
            n_dims: int | None = None, resp_eps: float = RESP_EPS,
-           generator: torch.Generator | None = None) -> Mixture:
+           generator: torch.Generator | None = None, frozen: Tensor | None = None) -> Mixture:
     """New means, covariance models and weights of every segment from responsibilities.
 
     A component whose soft count falls below one point is re-seeded on a random point of its
     segment with an isotropic covariance at the mean variance of the segment's other
-    components; this keeps EM alive on degenerate data instead of producing NaNs.
+    components; this keeps EM alive on degenerate data instead of producing NaNs. Segments
+    marked ``frozen`` [G] (their update is discarded) are never re-seeded, so that they draw
+    nothing from ``generator``.
     """
     x = points.x
     D = x.shape[-1]
-    nk = points.per_segment(resp.sum(-1, dtype=torch.float64))  # [G, K]
+    # summed in the compute dtype (torch sums blockwise, so 100,000 terms lose nothing that
+    # matters); a float64 sum would first copy all responsibilities to float64
+    nk = points.per_segment(resp.sum(-1).double())  # [G, K]
     sums = points.per_segment(torch.bmm(resp, x).double())  # [G, K, D]
     means = (sums / nk.clamp(min=1e-300).unsqueeze(-1)).to(x.dtype)
     scatter = scatter_matrices(points, resp, means, resp_eps)
@@ -597,6 +611,8 @@ def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float
     new = Mixture(means, basis.to(x.dtype), scales.to(x.dtype), noise.to(x.dtype), d, log_det.to(x.dtype),
                   weights.to(x.dtype), mix.valid)
     empty = mix.valid & (nk < EMPTY_COUNT)
+    if frozen is not None:
+        empty &= ~frozen.unsqueeze(1)
     if bool(empty.any()):  # sync, rare: only degenerate fits reach this branch
         new = _reseed(points, new, empty, model=model, n_dims=n_dims, generator=generator)
     return new
@@ -644,9 +660,11 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
            generator: torch.Generator | None = None) -> tuple[Mixture, EMResult]:
     """EM until every segment's mean log-likelihood per point changes by less than ``tol``.
 
-    Each iteration is one E-step and one M-step for the segments not yet converged;
-    converged segments are frozen and dropped from the batch, so a segment's result does not
-    depend on which others share it and finished segments cost nothing. At most
+    Each iteration is one E-step and one M-step; converged segments are frozen, so a
+    segment's result does not depend on which others share it. Their points are dropped
+    from the batch once they are at least half of it: each such copy of the points at
+    least halves the batch, so copying costs at most about one more copy of all points,
+    and frozen segments at most double the work of the E- and M-steps. At most
     ``max_iter`` M-steps are taken (the authors always take 30).
 
     Returns the fitted mixtures and an ``EMResult`` whose ``history`` holds, per E-step,
@@ -662,31 +680,33 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
     steps = torch.zeros(G, dtype=torch.long, device=device)
     history: list[Tensor] = []
     ll = torch.zeros(G, dtype=torch.float64, device=device)
-    active = sub = buffer = None
+    batch = torch.arange(G, device=device)  # the segments whose points are in ``sub``
+    sub, buffer = points, None
     for it in range(max_iter + 1):
-        now = (~converged).nonzero().squeeze(1)
-        if now.numel() == 0:  # sync once per iteration
+        n_open = int((~converged).sum())  # sync once per iteration
+        if n_open == 0:
             break
-        if active is None or not torch.equal(now, active):  # the batch shrinks: copy its chunks once
-            active = now
-            sub = points if now.numel() == G else points.restrict(now)
-            buffer = None
-        part = mix if now.numel() == G else mix.take(now)
+        if 2 * n_open <= len(batch):
+            batch = (~converged).nonzero().squeeze(1)
+            sub, buffer = points.restrict(batch), None
+        moving = ~converged[batch]
+        part = mix.take(batch) if len(batch) < G else mix
         resp, log_lik = e_step(sub, part, buffer)
         buffer = resp
-        ll_now = sub.per_segment(log_lik.sum(1, dtype=torch.float64)) / counts[now].clamp(min=1)
+        ll_now = torch.where(moving, sub.per_segment(log_lik.sum(1, dtype=torch.float64))
+                             / counts[batch].clamp(min=1), ll[batch])
         if it > 0:
-            converged[now] |= (ll_now - ll[now]).abs() < tol
-        ll = ll.index_copy(0, now, ll_now)
+            converged[batch] |= moving & ((ll_now - ll[batch]).abs() < tol)
+        ll = ll.index_copy(0, batch, ll_now)
         history.append(ll)
         if int(steps.max()) >= max_iter or bool(converged.all()):
             break
+        moving = ~converged[batch]
         new = m_step(sub, resp, part, model=model, reg=reg, dim_threshold=dim_threshold, n_dims=n_dims,
-                     resp_eps=resp_eps, generator=generator)
-        moving = ~converged[now]
+                     resp_eps=resp_eps, generator=generator, frozen=~moving)
         width = max(new.width, mix.width)
         new, mix = new.with_width(width), mix.with_width(width)
         new = new.where(moving, part.with_width(width))
-        mix = Mixture(*(t.index_copy(0, now, n) for t, n in zip(mix, new)))
-        steps[now] += moving.long()
+        mix = Mixture(*(t.index_copy(0, batch, n) for t, n in zip(mix, new)))
+        steps[batch] += moving.long()
     return mix, EMResult(steps, converged, history)
