@@ -42,7 +42,7 @@ import torch
 from einops import repeat
 from torch import Tensor
 
-from dydis.dyga.hddc import RESP_EPS, EMResult, Mixture, Points, e_step, fit_em, isotropic
+from dydis.dyga.hddc import RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic
 
 #: Counted splits after which the released code stops splitting (its ``max_split_iter``).
 OFFICIAL_MAX_COUNTED_SPLITS = 3
@@ -153,11 +153,20 @@ def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, T
     slot = (members + 1).clamp(min=0)  # bin 0 collects the points of no cluster
     sizes = torch.zeros(U, n_slots + 1, dtype=torch.float64, device=x.device)
     sizes.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
-    index = repeat(slot, "u n -> u n d", d=D)
-    sums = torch.zeros(U, n_slots + 1, D, dtype=x.dtype, device=x.device).scatter_add_(1, index, x)
-    centre = (sums.double() / sizes.clamp(min=1).unsqueeze(-1)).to(x.dtype)
-    dist = (x - centre.gather(1, index)).norm(dim=-1)
-    total = torch.zeros(U, n_slots + 1, dtype=torch.float64, device=x.device).scatter_add_(1, slot, dist.double())
+    bins = (slot + torch.arange(U, device=x.device).unsqueeze(1) * (n_slots + 1)).view(-1)  # [U * n]
+    flat_x = x.reshape(U * n, D)
+    # in pieces: temporaries the size of all points cost more in page faults than in
+    # arithmetic (see hddc.block_elements)
+    step = max(1, block_elements(x.device) // D)
+    pieces = [slice(i, i + step) for i in range(0, U * n, step)]
+    sums = torch.zeros(U * (n_slots + 1), D, dtype=torch.float64, device=x.device)
+    for piece in pieces:
+        sums.index_add_(0, bins[piece], flat_x[piece].double())
+    centre = (sums / sizes.view(-1, 1).clamp(min=1)).to(x.dtype)
+    dist = torch.cat([torch.linalg.vector_norm(flat_x[piece] - centre.index_select(0, bins[piece]), dim=-1)
+                      for piece in pieces])
+    total = torch.zeros(U * (n_slots + 1), dtype=torch.float64, device=x.device).index_add_(0, bins, dist.double())
+    total = total.view(U, n_slots + 1)
     density = (total / sizes)[:, 1:]  # 0/0 = NaN: an empty cluster is never "dense"
     return density, sizes[:, 1:].long()
 
@@ -246,20 +255,25 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
     flat_order = (order + torch.arange(U, device=x.device).unsqueeze(1) * n).view(-1)  # rows of x.view(U * n, D)
     rows = flat_order[unit[owner].unsqueeze(1) * n + sorted_pos]  # [C, length]
     flat_x = x.reshape(U * n, D)
-    chunk_x = flat_x[rows] * mask.unsqueeze(-1)
+    chunk_x = flat_x.index_select(0, rows.view(-1)).view(*rows.shape, D).masked_fill_(~mask.unsqueeze(-1), 0.0)
     first_two = flat_x[flat_order[(unit * n + seg_first).unsqueeze(1) + torch.arange(2, device=x.device)]]
+    points = Points.of(chunk_x, owner=owner, mask=mask)
     if child_init == "spread":
-        first_two[:, 1] = _far_point(chunk_x, owner, mask, first_two[:, 0], generator)
-    return SplitBatch(Points.of(chunk_x, owner=owner, mask=mask), unit, parent, first_two)
+        first_two[:, 1] = _far_point(points, first_two[:, 0], generator)
+    return SplitBatch(points, unit, parent, first_two)
 
 
-def _far_point(chunk_x: Tensor, owner: Tensor, mask: Tensor, first: Tensor, generator) -> Tensor:
+def _far_point(points: Points, first: Tensor, generator) -> Tensor:
     """Per segment, a point drawn with probability proportional to its squared distance to
     ``first`` [G, D] (Gumbel-max over the segment's chunks). Returns [G, D]."""
-    C, L, D = chunk_x.shape
+    C, L, D = points.x.shape
     G = first.shape[0]
-    dist = (chunk_x - first[owner].unsqueeze(1)).double().square().sum(-1)  # [C, L]
-    u = torch.rand(C, L, generator=generator, device=chunk_x.device, dtype=torch.float64)
+    owner, mask = points.owner, points.mask
+    f = first.double()
+    # ||x - f||^2 through the float64 copy: no temporary the size of the points
+    cross = torch.bmm(points.x64, f[owner].unsqueeze(-1)).squeeze(-1)  # [C, L]
+    dist = (points.sqnorm - 2.0 * cross + f.square().sum(-1)[owner].unsqueeze(1)).clamp(min=0)
+    u = torch.rand(C, L, generator=generator, device=dist.device, dtype=torch.float64)
     key = dist.clamp(min=1e-300).log() - torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
     key = key.masked_fill(~mask, float("-inf")).flatten()
     seg = owner.repeat_interleave(L)
@@ -267,7 +281,7 @@ def _far_point(chunk_x: Tensor, owner: Tensor, mask: Tensor, first: Tensor, gene
     position = torch.arange(C * L, device=key.device)
     hit = torch.where(key == best[seg], position, torch.full_like(position, C * L))
     pick = torch.full((G,), C * L, dtype=torch.long, device=key.device).scatter_reduce(0, seg, hit, "amin")
-    return chunk_x.reshape(C * L, D)[pick.clamp(max=C * L - 1)]
+    return points.x.reshape(C * L, D)[pick.clamp(max=C * L - 1)]
 
 
 def merge_children(mix: Mixture, children: Mixture, batch: SplitBatch, *, child_weights: str) -> Mixture:

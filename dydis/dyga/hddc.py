@@ -69,7 +69,8 @@ _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
 _EXP_FLOOR = -80.0
 
 
-def _block_elements(device: torch.device) -> int:
+def block_elements(device: torch.device) -> int:
+    """Elements of a block of temporaries on ``device`` (see ``_BLOCK_ELEMENTS``)."""
     return _BLOCK_ELEMENTS.get(device.type, _BLOCK_ELEMENTS["cuda"])
 
 
@@ -475,7 +476,7 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
     """Responsibilities and per-point log-likelihoods.
 
     ``out`` is an optional [C, >=K, L] buffer for the responsibilities (EM reuses one across
-    iterations, for the same page-fault reason as ``_BLOCK_ELEMENTS``).
+    iterations, for the same page-fault reason as ``block_elements``).
 
     Returns
     -------
@@ -492,7 +493,7 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
         resp = torch.empty(C, K, L, dtype=x.dtype, device=x.device)
     log_lik = torch.empty(C, L, dtype=x.dtype, device=x.device)
     live = terms.const.isfinite().to(x.dtype)  # [C, K, 1]: 0 on invalid slots
-    block = max(1, min(L, _block_elements(x.device) // max(1, C * K * (terms.dm + 2))))
+    block = max(1, min(L, block_elements(x.device) // max(1, C * K * (terms.dm + 2))))
     for start in range(0, L, block):
         stop = min(L, start + block)
         logp = log_density(points, terms, start, stop)  # [C, K, nb]
@@ -542,8 +543,8 @@ def scatter_matrices(points: Points, resp: Tensor, means: Tensor, resp_eps: floa
     flat_means = means.reshape(G * K, D)
     out = torch.zeros(G * K, D, D, dtype=torch.float64, device=x.device)
     per_chunk = K * L
-    group = max(1, 8 * _block_elements(x.device) // per_chunk)  # chunks whose pairs are listed at once
-    piece = max(1, _block_elements(x.device) // max(1, D))  # pairs gathered at once
+    group = max(1, 8 * block_elements(x.device) // per_chunk)  # chunks whose pairs are listed at once
+    piece = max(1, block_elements(x.device) // max(1, D))  # pairs gathered at once
     for first in range(0, C, group):
         block = resp[first:first + group]
         keep = block > resp_eps
