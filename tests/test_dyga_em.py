@@ -12,8 +12,8 @@ from sklearn.mixture import GaussianMixture
 from torch.distributions import MultivariateNormal
 
 from dydis.dyga.anchors import EMSettings
-from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, fit_em, full_model,
-                             hddc_model, log_density)
+from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, full_model,
+                             hddc_model, log_density, scatter_matrices)
 
 F64 = torch.float64
 
@@ -156,6 +156,41 @@ def test_units_fitted_together_match_units_fitted_alone():
         assert int(res_u.n_iter[0]) == int(res.n_iter[u])
         torch.testing.assert_close(alone.means[0], together.means[u], rtol=0, atol=1e-12)
         torch.testing.assert_close(alone.covariances()[0], together.covariances()[u], rtol=0, atol=1e-12)
+
+
+def test_units_frozen_in_the_batch_do_not_change_the_others():
+    # five units that converge at different iterations: frozen ones stay in the batch until
+    # they are half of it, and no unit's fit may depend on its companions
+    units = [blobs([[0.0, 0.0, 0.0], [2.0 + u, 0.0, 0.5 * u]], 80, 0.4 + 0.1 * u, seed=10 + u)[0] for u in range(5)]
+    x = torch.stack(units)
+    init = x[:, [0, 120]]
+    together, res = run_em(x, init, "hddc", max_iter=60, tol=1e-7)
+    assert len(set(res.n_iter.tolist())) > 1  # staggered convergence, so the batch shrank
+    for u in range(5):
+        alone, res_u = run_em(x[u:u + 1], init[u:u + 1], "hddc", max_iter=60, tol=1e-7)
+        assert int(res_u.n_iter[0]) == int(res.n_iter[u])
+        torch.testing.assert_close(alone.means[0], together.means[u], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("resp_eps", [0.0, 1e-3])
+def test_scatter_matrices_equal_the_dense_weighted_sums(resp_eps):
+    # three segments spread over chunks of unequal use (segment 1 owns two chunks), padded
+    # points masked out, responsibilities with many small entries
+    g = torch.Generator().manual_seed(3)
+    C, K, L, D = 4, 3, 50, 5
+    x = torch.randn(C, L, D, generator=g, dtype=F64)
+    owner = torch.tensor([0, 1, 1, 2])
+    mask = torch.ones(C, L, dtype=torch.bool)
+    mask[2, 40:] = False
+    logits = 4.0 * torch.randn(C, K, L, generator=g, dtype=F64)
+    resp = torch.softmax(logits, 1) * mask.unsqueeze(1)
+    means = torch.randn(3, K, D, generator=g, dtype=F64)
+    got = scatter_matrices(Points.of(x, owner=owner, mask=mask), resp, means, resp_eps)
+    kept = resp * (resp > resp_eps)
+    centred = x.unsqueeze(1) - means[owner].unsqueeze(2)  # [C, K, L, D]
+    per_chunk = torch.einsum("ckl,ckld,ckle->ckde", kept, centred, centred)
+    want = torch.zeros(3, K, D, D, dtype=F64).index_add_(0, owner, per_chunk)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("model", ["hddc", "full"])
