@@ -15,7 +15,7 @@ Targets: (a) <= 30 s on a 2-core CPU; (b) >= 100x; (c) equal or better.
 
 Usage: ``python bench/dyga.py`` (full, several minutes: the reference alone takes minutes),
 ``python bench/dyga.py --quick`` (scaled down), ``--threads 1`` (see the note printed at the
-end), ``--device cuda``.
+end), ``--device cuda``, ``--profile`` (where the time of (a) goes, phase by phase).
 """
 
 from __future__ import annotations
@@ -167,6 +167,20 @@ def timed(fn, device: str, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def print_profile(fit) -> None:
+    """Time of each phase of anchor selection (the ``dyga.*`` labels of ``select_anchors``)
+    and the operators that take the most time, from one profiled run."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fit()
+    events = prof.key_averages()
+    print("phases of (a), profiled run (profiling adds overhead):")
+    for event in sorted((e for e in events if e.key.startswith("dyga.")), key=lambda e: -e.cpu_time_total):
+        print(f"  {event.key:<18} {event.cpu_time_total / 1e6:7.2f} s  ({event.count} calls)")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="4 x 20,000 points for (a), 2,000 for (b)")
@@ -178,6 +192,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats of (a); the median is printed")
     parser.add_argument("--skip-reference", action="store_true", help="skip (b)/(c)'s naive reference")
+    parser.add_argument("--profile", action="store_true",
+                        help="also run (a) once under torch.profiler and print its phases and busiest ops")
     args = parser.parse_args()
     units = args.units or (4 if args.quick else 20)
     points = args.points or (20_000 if args.quick else 100_000)
@@ -196,6 +212,9 @@ def main() -> None:
     print(f"(a) anchor selection, {units} units x {points:,} points x 32 dims, mode={args.mode}: "
           f"{seconds:.1f} s  (K per unit {model.n_components_.min().item()}-{model.n_components_.max().item()}, "
           f"{model.n_split_rounds_} split rounds; target <= 30 s for 20 x 100,000 on 2 CPU cores)")
+
+    if args.profile:
+        print_profile(lambda: DyGA(args.mode).fit(x))
 
     one = latent_units(1, ref_points, seed=2)
     ours = {}

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 from einops import repeat
 from torch import Tensor
+from torch.profiler import record_function
 
 from dydis.dyga.hddc import RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic
 
@@ -358,7 +359,8 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         start = torch.multinomial(torch.ones(U, n, device=x.device), k0, replacement=False, generator=generator)
         init_means = x.gather(1, repeat(start, "u k -> u k d", d=D))
     mix = settings.start(points, init_means.to(x.dtype))
-    mix, initial = settings.run(points, mix, generator)
+    with record_function("dyga.initial_em"):  # phase labels for torch.profiler (bench/dyga.py --profile)
+        mix, initial = settings.run(points, mix, generator)
     mix = mix.padded(max_components)
     counted = torch.zeros(U, dtype=torch.long, device=x.device)
     n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
@@ -367,10 +369,11 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     rounds = idle = 0
     while bool(splitting.any()) and idle < MAX_IDLE_ROUNDS:  # sync once per round
         current = mix.trimmed()
-        resp, _ = e_step(points, current)  # one E-step gives every cluster and its density
-        members = cluster_members(resp, phi)
-        del resp
-        density, sizes = cluster_density(x, members, current.n_slots)
+        with record_function("dyga.clusters"):
+            resp, _ = e_step(points, current)  # one E-step gives every cluster and its density
+            members = cluster_members(resp, phi)
+            del resp
+            density, sizes = cluster_density(x, members, current.n_slots)
         pad = mix.n_slots - current.n_slots
         density = torch.nn.functional.pad(density, (0, pad), value=float("nan"))
         sizes = torch.nn.functional.pad(sizes, (0, pad))
@@ -383,14 +386,18 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
             idle += 1
             continue
         idle = 0
-        batch = split_batch(x, members, sizes, chosen, generator, child_init)
-        children = settings.start(batch.points, batch.first_two)
-        children, fit = settings.run(batch.points, children, generator)
+        with record_function("dyga.split_batch"):
+            batch = split_batch(x, members, sizes, chosen, generator, child_init)
+        with record_function("dyga.child_em"):
+            children = settings.start(batch.points, batch.first_two)
+            children, fit = settings.run(batch.points, children, generator)
         child_fits.append(fit)
         mix = merge_children(mix, children, batch, child_weights=child_weights)
         n_splits += chosen.sum(1)
         rounds += 1
-    mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
-    mix, final = settings.run(points, mix, generator)
+    with record_function("dyga.filter"):
+        mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
+    with record_function("dyga.final_em"):
+        mix, final = settings.run(points, mix, generator)
     return mix, SelectionReport(initial=initial, final=final, n_rounds=rounds, n_splits=n_splits,
                                 n_filtered=n_filtered, child_fits=child_fits)
