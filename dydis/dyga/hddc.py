@@ -9,9 +9,9 @@ slots x points) so that reductions over components run across contiguous points,
 E- and M-steps are a handful of batched matmuls over chunks and components. Python only
 loops over EM iterations and over blocks of points that bound memory. On a CPU those blocks
 are small on purpose: a temporary the size of all points (2M x 32 for 20 units of 100,000)
-is fresh memory from the kernel and pays a page fault per 4 kB, which cost more than the
-arithmetic on it (removing such temporaries took the 20 x 100,000 benchmark from 85 s to
-57 s).
+is fresh memory from the kernel and pays a page fault per 4 kB, which costs more than the
+arithmetic on it (removing such temporaries made the 20 x 100,000 benchmark about 1.7x
+faster, old and new code timed alternately on one machine).
 
 Both covariance models are stored as one quadratic form per component,
 
