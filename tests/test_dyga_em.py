@@ -11,9 +11,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from torch.distributions import MultivariateNormal
 
+from dydis.dyga import hddc
 from dydis.dyga.anchors import EMSettings
 from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, full_model,
-                             hddc_model, log_density, scatter_matrices)
+                             hddc_model, log_density, scatter_matrices, squared_distances)
 
 F64 = torch.float64
 
@@ -56,6 +57,16 @@ def test_log_density_equals_a_direct_gaussian_evaluation(model):
     want = torch.stack([torch.stack([MultivariateNormal(mix.means[u, k], cov[u, k]).log_prob(x[u])
                                      for k in range(3)]) for u in range(2)])
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-7)
+
+
+def test_squared_distances_of_lifted_points_equal_direct_differences():
+    # float32 points, float64 distances: the lifted rows (x, 1, ||x||^2) keep them exact
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 30, 8, generator=g) - 1.0  # like features scaled to [-1, 0]
+    means = x[:, :4] + 1e-3 * torch.randn(2, 4, 8, generator=g)  # some means right next to points
+    want = (x.double().unsqueeze(1) - means.double().unsqueeze(2)).square().sum(-1)  # [2, 4, 30]
+    torch.testing.assert_close(squared_distances(Points.of(x), means), want, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(squared_distances(Points.of(x), means, 5, 9), want[..., 5:9], rtol=1e-12, atol=1e-15)
 
 
 def test_hddc_covariance_is_built_from_q_a_b():
@@ -173,9 +184,13 @@ def test_units_frozen_in_the_batch_do_not_change_the_others():
 
 
 @pytest.mark.parametrize("resp_eps", [0.0, 1e-3])
-def test_scatter_matrices_equal_the_dense_weighted_sums(resp_eps):
+@pytest.mark.parametrize("block", [None, 64])
+def test_scatter_matrices_equal_the_dense_weighted_sums(resp_eps, block, monkeypatch):
     # three segments spread over chunks of unequal use (segment 1 owns two chunks), padded
-    # points masked out, responsibilities with many small entries
+    # points masked out, responsibilities with many small entries; with tiny blocks the
+    # chunks come in several groups and runs are longer than a piece of pairs
+    if block is not None:
+        monkeypatch.setitem(hddc._BLOCK_ELEMENTS, "cpu", block)
     g = torch.Generator().manual_seed(3)
     C, K, L, D = 4, 3, 50, 5
     x = torch.randn(C, L, D, generator=g, dtype=F64)

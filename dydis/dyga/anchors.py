@@ -43,7 +43,8 @@ from einops import repeat
 from torch import Tensor
 from torch.profiler import record_function
 
-from dydis.dyga.hddc import RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic
+from dydis.dyga.hddc import (RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic,
+                             squared_distances)
 
 #: Counted splits after which the released code stops splitting (its ``max_split_iter``).
 OFFICIAL_MAX_COUNTED_SPLITS = 3
@@ -97,15 +98,11 @@ class EMSettings:
 
 def nearest_mean_variance(points: Points, means: Tensor) -> Tensor:
     """Per segment: mean over its points of min_k ||x - mu_k||^2, divided by D. [G] float64."""
-    x64 = points.x64
-    C, L, D = x64.shape
-    mu = points.per_chunk(means).double()  # [C, K, D]
-    mu_sq = mu.square().sum(-1, keepdim=True)
-    block = max(1, (1 << 22) // max(1, C * mu.shape[1]))
-    near = torch.cat([(points.sqnorm[:, None, i:i + block] + mu_sq
-                       - 2.0 * torch.bmm(mu, x64[:, i:i + block].transpose(1, 2))).amin(1).clamp(min=0)
-                      for i in range(0, L, block)], 1)  # [C, L]
-    count = torch.full((C,), float(L), dtype=torch.float64, device=x64.device)
+    C, L, D = points.x.shape
+    mu = points.per_chunk(means)  # [C, K, D]
+    block = max(1, block_elements(points.x.device) // max(1, C * mu.shape[1]))
+    near = torch.cat([squared_distances(points, mu, i, i + block).amin(1) for i in range(0, L, block)], 1)  # [C, L]
+    count = torch.full((C,), float(L), dtype=torch.float64, device=near.device)
     if points.mask is not None:
         near = near * points.mask
         count = points.mask.sum(1).double()
@@ -270,10 +267,8 @@ def _far_point(points: Points, first: Tensor, generator) -> Tensor:
     C, L, D = points.x.shape
     G = first.shape[0]
     owner, mask = points.owner, points.mask
-    f = first.double()
-    # ||x - f||^2 through the float64 copy: no temporary the size of the points
-    cross = torch.bmm(points.x64, f[owner].unsqueeze(-1)).squeeze(-1)  # [C, L]
-    dist = (points.sqnorm - 2.0 * cross + f.square().sum(-1)[owner].unsqueeze(1)).clamp(min=0)
+    # ||x - f||^2 through the lifted float64 points: no temporary the size of the points
+    dist = squared_distances(points, first[owner].unsqueeze(1)).squeeze(1)  # [C, L]
     u = torch.rand(C, L, generator=generator, device=dist.device, dtype=torch.float64)
     key = dist.clamp(min=1e-300).log() - torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
     key = key.masked_fill(~mask, float("-inf")).flatten()

@@ -201,27 +201,32 @@ class Points(NamedTuple):
 
     ``owner[c]`` is the segment (mixture) of chunk c, ``None`` when chunk c is segment c.
     ``mask`` marks real points (``None``: all are real); padded points take no part.
-    The float64 copy serves the squared distances, which must stay exact where the
-    covariance floor (1e-6) is far below the features' squared norm. Matmuls that want
-    points as columns take transposed views: BLAS reads them as fast as a transposed copy,
-    and a copy of 100,000 points x 20 units costs more than the matmuls it would serve.
+    ``lifted`` holds each point as the float64 row (x, 1, ||x||^2): one matmul with the rows
+    of ``distance_rows`` then gives ``c - a ||x - mu||^2 / 2`` for every point and
+    component, exact in float64 where the covariance floor (1e-6) is far below the
+    features' squared norm. Matmuls that want points as columns take transposed views:
+    BLAS reads them as fast as a transposed copy, and a copy of 100,000 points x 20 units
+    costs more than the matmuls it would serve.
     """
 
     x: Tensor  # [C, L, D]  compute dtype (float32, or float64 when given float64)
-    x64: Tensor  # [C, L, D]  float64
-    sqnorm: Tensor  # [C, L]  float64, ||x||^2
+    lifted: Tensor  # [C, L, D + 2]  float64 (x, 1, ||x||^2)
     owner: Tensor | None = None  # [C] long
     mask: Tensor | None = None  # [C, L] bool
 
     @classmethod
     def of(cls, x: Tensor, owner: Tensor | None = None, mask: Tensor | None = None) -> "Points":
         x = x.contiguous()
-        x64 = x.double()
-        if x64.requires_grad:
-            sqnorm = x64.square().sum(-1)
-        else:  # a reduction, without a float64 temporary the size of the points
-            sqnorm = torch.linalg.vector_norm(x64, dim=-1).square_()
-        return cls(x, x64, sqnorm, owner, mask)
+        if x.requires_grad:
+            x64 = x.double()
+            lifted = torch.cat([x64, torch.ones_like(x64[..., :1]), x64.square().sum(-1, keepdim=True)], -1)
+        else:  # filled in place, without float64 temporaries the size of the points
+            C, L, D = x.shape
+            lifted = torch.empty(C, L, D + 2, dtype=torch.float64, device=x.device)
+            lifted[..., :D] = x
+            lifted[..., D] = 1.0
+            lifted[..., D + 1] = torch.linalg.vector_norm(lifted[..., :D], dim=-1).square_()
+        return cls(x, lifted, owner, mask)
 
     @property
     def n_segments(self) -> int:
@@ -249,11 +254,29 @@ class Points(NamedTuple):
             renumber = torch.cumsum(keep.long(), 0) - 1
             owner = renumber[self.owner[chunks]]
         mask = None if self.mask is None else self.mask[chunks]
-        return Points(self.x[chunks], self.x64[chunks], self.sqnorm[chunks], owner, mask)
+        return Points(self.x[chunks], self.lifted[chunks], owner, mask)
 
     def per_chunk(self, values: Tensor) -> Tensor:
         """Per-segment values [G, ...] repeated for each chunk: [C, ...]."""
         return values if self.owner is None else values.index_select(0, self.owner)
+
+
+def distance_rows(means: Tensor, alpha: Tensor, const: Tensor) -> Tensor:
+    """Rows r_k [..., K, D + 2] (float64) with ``lifted_x . r_k = const_k - alpha_k ||x - mu_k||^2 / 2``.
+
+    ``means`` [..., K, D], ``alpha`` and ``const`` [..., K]; see ``Points.lifted``.
+    """
+    means = means.double()
+    alpha = alpha.double().unsqueeze(-1)
+    const = const.double().unsqueeze(-1)
+    return torch.cat([alpha * means, const - 0.5 * alpha * means.square().sum(-1, keepdim=True), -0.5 * alpha], -1)
+
+
+def squared_distances(points: Points, means: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    """||x_i - mu_k||^2 in float64 for points ``start:stop`` of every chunk and ``means``
+    [C, K, D] (one set per chunk): [C, K, L']."""
+    rows = distance_rows(means, means.new_full(means.shape[:-1], -2.0), means.new_zeros(means.shape[:-1]))
+    return torch.bmm(rows, points.lifted[:, start:stop].transpose(1, 2)).clamp_(min=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,15 +419,12 @@ def _warm_columns(warm: Tensor, p: int) -> Tensor:
 class _Terms(NamedTuple):
     """Point-independent parts of the log-density, per chunk (see ``density_terms``)."""
 
-    means64: Tensor  # [C, K, D] float64
-    sq_means: Tensor  # [C, K, 1] float64, ||mu||^2
-    alpha: Tensor  # [C, K, 1] float64, weight of ||x - mu||^2 (1/b_k, or 0 for full)
+    rows: Tensor  # [C, K, D + 2] float64: const_k - alpha_k ||x - mu_k||^2 / 2 (``distance_rows``)
     proj: Tensor  # [C, dm*K, D]  the w_kj, j-major rows
     offset: Tensor  # [C, dm, K, 1]  w_kj . mu_k
-    sign: Tensor  # [C, K, 1]  -1 (hddc) or +1 (full)
-    const: Tensor  # [C, K, 1]  log weight + normalising constant (-inf on invalid slots)
+    half_sign: Tensor  # [C, K, 1]  -sign / 2: +1/2 (hddc) or -1/2 (full)
     dm: int
-    need_dist: bool
+    need_dist: bool  # some valid component has alpha > 0 (hddc); else ``rows`` only carries const
 
 
 def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -> _Terms:
@@ -414,6 +434,7 @@ def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -
 
     hddc: alpha = 1/b, sign = -1, w_j = sqrt(1/b - 1/a_j) q_j for j < d_k, because
     Sigma^-1 = I/b - sum_j (1/b - 1/a_j) q_j q_j^T; full: alpha = 0, sign = +1, w_j = rows of L^-1.
+    const_k is -inf on invalid slots (the matmul with ``Points.lifted`` carries it through).
     """
     C, K, D = mix.means.shape
     noise = mix.noise.double()
@@ -434,10 +455,9 @@ def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -
     if with_weights:
         const = const + torch.log(mix.weights.double())
     const = const.masked_fill(~mix.valid, float("-inf"))
-    return _Terms(means64, means64.square().sum(-1, keepdim=True), torch.where(hddc, inv_b, 0.0).unsqueeze(-1),
-                  rearrange(scaled, "c k d j -> c (j k) d").to(dtype), offset.to(dtype),
-                  torch.where(hddc, -1.0, 1.0).unsqueeze(-1).to(dtype), const.unsqueeze(-1).to(dtype), dm,
-                  need_dist)
+    alpha = torch.where(hddc & mix.valid, inv_b, 0.0)
+    return _Terms(distance_rows(means64, alpha, const), rearrange(scaled, "c k d j -> c (j k) d").to(dtype),
+                  offset.to(dtype), torch.where(hddc, 0.5, -0.5).unsqueeze(-1).to(dtype), dm, need_dist)
 
 
 def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None = None) -> Tensor:
@@ -448,32 +468,23 @@ def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None 
     """
     xt = points.x[:, start:stop].transpose(1, 2)
     C, D, nb = xt.shape
-    K = terms.means64.shape[1]
-    grad = torch.is_grad_enabled() and (xt.requires_grad or points.x64.requires_grad)
-    if terms.need_dist:
-        # Squared distances in float64, where ||x||^2 - 2 x.mu + ||mu||^2 is accurate enough.
-        sq = torch.bmm(terms.means64, points.x64[:, start:stop].transpose(1, 2))  # [C, K, nb]
-        if grad:
-            sq = (points.sqnorm[:, None, start:stop] + terms.sq_means - 2.0 * sq).clamp(min=0) * terms.alpha
-            quad = sq.to(xt.dtype)
-        else:
-            sq.mul_(-2.0).add_(terms.sq_means).add_(points.sqnorm[:, None, start:stop]).clamp_(min=0)
-            quad = sq.mul_(terms.alpha).to(xt.dtype)
+    K = terms.rows.shape[1]
+    if terms.need_dist:  # const - alpha ||x - mu||^2 / 2, in float64
+        logp = torch.bmm(terms.rows, points.lifted[:, start:stop].transpose(1, 2)).to(xt.dtype)
     else:
-        quad = torch.zeros(C, K, nb, dtype=xt.dtype, device=xt.device)
-    if terms.dm:
-        p = torch.bmm(terms.proj, xt).view(C, terms.dm, K, nb)
-        if grad:
-            quad = quad + terms.sign * (p - terms.offset).square().sum(1)
-        else:
-            p.sub_(terms.offset).square_()
-            total = p[:, 0]
-            for j in range(1, terms.dm):
-                total.add_(p[:, j])
-            quad.addcmul_(total, terms.sign)
-    if grad:
-        return terms.const - 0.5 * quad
-    return quad.mul_(-0.5).add_(terms.const)
+        logp = terms.rows[..., D].unsqueeze(-1).to(xt.dtype).expand(C, K, nb)
+    if not terms.dm:
+        return logp if terms.need_dist else logp.clone()
+    p = torch.bmm(terms.proj, xt).view(C, terms.dm, K, nb)
+    if torch.is_grad_enabled() and (xt.requires_grad or points.lifted.requires_grad):
+        return logp + terms.half_sign * (p - terms.offset).square().sum(1)
+    p.sub_(terms.offset).square_()
+    total = p[:, 0]
+    for j in range(1, terms.dm):
+        total.add_(p[:, j])
+    if not terms.need_dist:
+        return torch.addcmul(logp, total, terms.half_sign)
+    return logp.addcmul_(total, terms.half_sign)
 
 
 def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -490,13 +501,13 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
     x = points.x
     C, L, D = x.shape
     terms = density_terms(points.segment_mixture(mix), x.dtype)
-    K = terms.means64.shape[1]
+    K = terms.rows.shape[1]
     if out is not None and out.shape[0] == C and out.shape[1] >= K and out.shape[2] == L and out.dtype == x.dtype:
         resp = out[:, :K]
     else:
         resp = torch.empty(C, K, L, dtype=x.dtype, device=x.device)
     log_lik = torch.empty(C, L, dtype=x.dtype, device=x.device)
-    live = terms.const.isfinite().to(x.dtype)  # [C, K, 1]: 0 on invalid slots
+    live = terms.rows[..., D:D + 1].isfinite().to(x.dtype)  # [C, K, 1]: 0 on invalid slots (const -inf)
     block = max(1, min(L, block_elements(x.device) // max(1, C * K * (terms.dm + 2))))
     for start in range(0, L, block):
         stop = min(L, start + block)
@@ -524,10 +535,9 @@ def scatter_matrices(points: Points, resp: Tensor, means: Tensor, resp_eps: floa
     """Weighted scatter sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T of every segment and slot.
 
     Only pairs with ``r_ik > resp_eps`` are used. ``nonzero`` lists them in (chunk, slot,
-    point) order, so the pairs of one (chunk, slot) are a contiguous run. Each point is
-    gathered once per pair, centred on its component and scaled by sqrt(r_ik); the runs
-    are then cut into rows of equal length (zero-padded), so that one batched matmul forms
-    all outer-product sums. Row results are added per (segment, slot) in float64.
+    point) order, so the pairs of one (chunk, slot) -- a *run* -- are contiguous and a
+    binary search finds where each run ends. Whole runs are then taken about
+    ``block_elements / D`` pairs at a time (``_add_runs``).
 
     Parameters
     ----------
@@ -543,44 +553,76 @@ def scatter_matrices(points: Points, resp: Tensor, means: Tensor, resp_eps: floa
     K = resp.shape[1]
     G = means.shape[0]
     owner = torch.arange(C, device=x.device) if points.owner is None else points.owner
-    flat_x = x.reshape(C * L, D)
-    flat_means = means.reshape(G * K, D)
     out = torch.zeros(G * K, D, D, dtype=torch.float64, device=x.device)
-    per_chunk = K * L
-    group = max(1, 8 * block_elements(x.device) // per_chunk)  # chunks whose pairs are listed at once
-    piece = max(1, block_elements(x.device) // max(1, D))  # pairs gathered at once
+    flat_means = means.reshape(G * K, D)
+    group = max(1, 8 * block_elements(x.device) // (K * L))  # chunks whose pairs are listed at once
+    piece = max(1, block_elements(x.device) // D)  # pairs gathered at once
+    work = x.new_empty(0)  # the gathered points, reused: fresh memory would page-fault
     for first in range(0, C, group):
         block = resp[first:first + group]
-        keep = block > resp_eps
-        flat = keep.view(-1).nonzero().squeeze(1) + first * per_chunk  # sorted by (chunk, slot, point)
-        del keep
-        for start in range(0, flat.numel(), piece):
-            pairs = flat[start:start + piece]
-            _add_outer_products(out, flat_x, flat_means, owner, pairs, torch.take(resp, pairs), K, L)
+        flat = (block > resp_eps).view(-1).nonzero().squeeze(1)  # sorted by run, then point
+        if not flat.numel():
+            continue
+        run = torch.arange(block.shape[0] * K, device=x.device)
+        ends = torch.searchsorted(flat, (run + 1) * L)  # a run's pairs end here
+        runs = _Runs(flat, ends, torch.diff(ends, prepend=ends.new_zeros(1)),
+                     shift=(run - run // K) * L,  # pair index -> point row, per run
+                     target=owner[first + run // K] * K + run % K)
+        # pieces of whole runs, about ``piece`` pairs each (a longer run is a piece alone)
+        budget = torch.arange(piece, flat.numel() + piece, piece, device=x.device)
+        cuts = torch.cat([run.new_zeros(1), torch.searchsorted(ends, budget, right=True), run[-1:] + 1])
+        cuts = torch.unique_consecutive(cuts).tolist()  # sync: once per group
+        points_here = x[first:first + group].reshape(-1, D)
+        for r0, r1 in zip(cuts[:-1], cuts[1:]):
+            work = _add_runs(out, points_here, flat_means, block, runs, r0, r1, work)
     return out.view(G, K, D, D)
 
 
-def _add_outer_products(out: Tensor, flat_x: Tensor, flat_means: Tensor, owner: Tensor, flat: Tensor,
-                        weight: Tensor, K: int, L: int) -> None:
-    """Add sum r (x - mu)(x - mu)^T over the pairs ``flat`` (indices into [C, K, L]) to ``out``."""
+class _Runs(NamedTuple):
+    """The pairs of one group of chunks, by run (see ``scatter_matrices``)."""
+
+    flat: Tensor  # [N] pair indices into the group's [c, K, L] responsibilities, sorted
+    ends: Tensor  # [c*K] where each run's pairs end in ``flat``
+    counts: Tensor  # [c*K] pairs per run
+    shift: Tensor  # [c*K] flat index - point row, for every pair of the run
+    target: Tensor  # [c*K] segment * K + slot
+
+
+def _add_runs(out: Tensor, flat_x: Tensor, flat_means: Tensor, resp: Tensor, runs: _Runs, r0: int, r1: int,
+              work: Tensor) -> Tensor:
+    """Add sum r (x - mu)(x - mu)^T over the pairs of runs ``r0:r1`` to ``out``.
+
+    Each run is cut into rows of equal length, padded at its end with weight zero; one
+    gather puts every pair's point at its place in the rows, centring and scaling by
+    sqrt(r) follow in place, and one batched matmul forms the outer-product sums of all
+    rows. Returns the workspace (grown when it was too small).
+    """
     D = flat_x.shape[1]
-    pair = flat // L  # chunk * K + slot
-    chunk = pair // K
-    target = owner[chunk] * K + (pair - chunk * K)  # segment * K + slot
-    y = flat_x.index_select(0, chunk * L + (flat - pair * L))
-    y.sub_(flat_means.index_select(0, target)).mul_(weight.sqrt().unsqueeze(1))
-    _, counts = torch.unique_consecutive(pair, return_counts=True)
+    counts = runs.counts[r0:r1]
+    p0 = int(runs.ends[r0] - counts[0])  # sync: the pair range
+    p1 = int(runs.ends[r1 - 1])
+    if p1 == p0:
+        return work
+    flat = runs.flat[p0:p1]
     # rows of about half the mean run: padding then averages about a quarter of the pairs
-    half_run = max(1, flat.numel() // (2 * counts.numel()))
+    half_run = max(1, (p1 - p0) // (2 * max(1, int((counts > 0).sum()))))
     length = 1 << max(4, min(10, (half_run - 1).bit_length()))
     n_rows = (counts + length - 1) // length
-    run = torch.repeat_interleave(torch.arange(counts.numel(), device=flat.device), counts)
-    run_first = torch.cumsum(counts, 0) - counts
+    pair_first = torch.cumsum(counts, 0) - counts
     row_first = torch.cumsum(n_rows, 0) - n_rows
-    slot = (row_first * length - run_first)[run] + torch.arange(flat.numel(), device=flat.device)
-    packed = y.new_zeros(int(n_rows.sum()) * length, D).index_copy_(0, slot, y).view(-1, length, D)
-    gram = torch.bmm(packed.transpose(1, 2), packed)  # [rows, D, D]
-    out.index_add_(0, torch.repeat_interleave(target[run_first], n_rows), gram.double())
+    per_pair = torch.repeat_interleave(torch.stack([row_first * length - pair_first, runs.shift[r0:r1]], 1),
+                                       counts, dim=0)
+    place = per_pair[:, 0] + torch.arange(p1 - p0, device=flat.device)
+    size = int(n_rows.sum()) * length
+    source = torch.zeros(size, dtype=torch.long, device=flat.device).index_copy_(0, place, flat - per_pair[:, 1])
+    root = flat_x.new_zeros(size).index_copy_(0, place, torch.take(resp, flat).sqrt_())
+    if work.numel() < size * D:
+        work = flat_x.new_empty(size * D)
+    packed = torch.index_select(flat_x, 0, source, out=work[:size * D].view(size, D)).view(-1, length, D)
+    row_target = torch.repeat_interleave(runs.target[r0:r1], n_rows)
+    packed.sub_(flat_means.index_select(0, row_target).unsqueeze(1)).mul_(root.view(-1, length, 1))
+    out.index_add_(0, row_target, torch.bmm(packed.transpose(1, 2), packed).double())
+    return work
 
 
 def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float, dim_threshold: float = 0.2,
