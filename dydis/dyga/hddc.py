@@ -479,9 +479,7 @@ def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None 
     if torch.is_grad_enabled() and (xt.requires_grad or points.lifted.requires_grad):
         return logp + terms.half_sign * (p - terms.offset).square().sum(1)
     p.sub_(terms.offset).square_()
-    total = p[:, 0]
-    for j in range(1, terms.dm):
-        total.add_(p[:, j])
+    total = p[:, 0] if terms.dm == 1 else p.sum(1)
     if not terms.need_dist:
         return torch.addcmul(logp, total, terms.half_sign)
     return logp.addcmul_(total, terms.half_sign)
