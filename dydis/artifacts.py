@@ -108,6 +108,10 @@ class Artifact:
     def results(self) -> dict[str, Any]:
         return self.manifest.get("results") or {}
 
+    def inputs(self, role: str) -> list[dict[str, Any]]:
+        """The manifest's entries of the artifacts this one was made from in ``role`` (``data``, ``vqgan``)."""
+        return [entry for entry in self.manifest.get("inputs") or [] if entry.get("role") == role]
+
     def file(self, name: str) -> Path:
         """Path of one of the artifact's files; an error if the manifest does not list it."""
         if name not in (self.manifest.get("files") or {}):

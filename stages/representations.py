@@ -23,10 +23,10 @@ from dydis.viz.sampler import Sampler
 
 def input_of(artifact: Artifact, role: str, store: ArtifactStore, kind: str) -> Artifact:
     """The artifact an artifact was made from, by its role (``data``, ``vqgan``)."""
-    for entry in artifact.manifest.get("inputs") or []:
-        if entry["role"] == role:
-            return store.load(entry["path"], kind=kind)
-    raise ArtifactError(f"the manifest names no {role} input", artifact.path)
+    entries = artifact.inputs(role)
+    if not entries:
+        raise ArtifactError(f"the manifest names no {role} input", artifact.path)
+    return store.load(entries[0]["path"], kind=kind)
 
 
 def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps: int, batch_size: int) -> Sampler:

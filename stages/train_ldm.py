@@ -43,7 +43,7 @@ def resolve_inputs(cfg: TrainLDMConfig, store: ArtifactStore) -> tuple[TrainLDMC
     if cfg.dataset and cfg.data and cfg.dataset != dataset:
         raise ConfigError(f"--dataset {cfg.dataset} but --data {data.ref} holds {dataset or 'another dataset'}")
     vqgan = store.load(cfg.vqgan or f"train-vqgan/{data.name}", kind="vqgan")
-    trained_on = [i["manifest_sha256"] for i in vqgan.manifest.get("inputs", []) if i["role"] == "data"]
+    trained_on = [entry["manifest_sha256"] for entry in vqgan.inputs("data")]
     if trained_on != [data.manifest_sha256()]:
         raise ArtifactError(f"this vqgan artifact was trained on another dataset artifact than {data.ref}; "
                             "pass the vqgan trained on it (--vqgan)", vqgan.path)

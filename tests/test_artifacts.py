@@ -91,6 +91,7 @@ def test_inputs_and_lineage(store_root):
     model = publish(store, name="model", kind="vqgan", stage="train-vqgan", inputs={"data": data})
     entry = model.manifest["inputs"][0]
     assert entry["ref"] == "prepare-data/demo@v1" and entry["manifest_sha256"] == data.manifest_sha256()
+    assert model.inputs("data") == [entry] and model.inputs("vqgan") == [] and data.inputs("data") == []
     walk = list(store.lineage(model))
     assert [(depth, parent.ref, intact) for depth, _, parent, intact in walk] == [(0, "prepare-data/demo@v1", True)]
     assert [a.ref for a in store.list()] == ["prepare-data/demo@v1", "train-vqgan/model@v1"]
