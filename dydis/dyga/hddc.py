@@ -41,8 +41,9 @@ Numerics. Eigen-decompositions and scatter accumulations run in float64. The var
 ``1e-6 I``; for ``hddc`` it is the HDDC model of ``Sigma + reg I``). Features of real latent
 units lie near a one-dimensional curve, so most eigenvalues sit at that floor, far below the
 features' squared norm: squared distances are therefore computed in float64 (one matmul with
-the points lifted to (x, 1, ||x||^2), see ``Points``), and the M-step centres every point on the component it contributes to before forming outer products,
-never through ``E[x x^T] - mu mu^T`` (which cancels catastrophically in float32).
+the points lifted to (x, 1, ||x||^2), see ``Points``), and the M-step centres every point on
+the component it contributes to before forming outer products, never through
+``E[x x^T] - mu mu^T`` (which cancels catastrophically in float32).
 
 The M-step ignores responsibilities below ``resp_eps`` (default 1e-8): each point then feeds
 the one to three components that explain it rather than all K, so the covariance update
