@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dydis.data import celeba
 from dydis.data.celeba import CelebASource, crop_box
 from dydis.errors import ConfigError, DataError
 
