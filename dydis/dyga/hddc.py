@@ -421,11 +421,18 @@ class _Terms(NamedTuple):
     """Point-independent parts of the log-density, per chunk (see ``density_terms``)."""
 
     rows: Tensor  # [C, K, D + 2] float64: const_k - alpha_k ||x - mu_k||^2 / 2 (``distance_rows``)
-    proj: Tensor  # [C, dm*K, D]  the w_kj, j-major rows
-    offset: Tensor  # [C, dm, K, 1]  w_kj . mu_k
+    proj: Tensor  # [C, shared*K + E, D]  the w_kj: j-major rows for j < shared, then the extra rows
+    offset: Tensor  # [C, shared*K + E, 1]  w_kj . mu_k
+    extra_slot: Tensor  # [C, E] long  the component of each extra row (padding rows are zero)
     half_sign: Tensor  # [C, K, 1]  -sign / 2: +1/2 (hddc) or -1/2 (full)
-    dm: int
+    shared: int  # projections that every valid component has
     need_dist: bool  # some valid component has alpha > 0 (hddc); else ``rows`` only carries const
+
+    @property
+    def width(self) -> int:
+        """Projection rows per component, on average (sizes the E-step's blocks)."""
+        K = self.rows.shape[1]
+        return self.proj.shape[1] // max(1, K)
 
 
 def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -> _Terms:
@@ -436,29 +443,49 @@ def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -
     hddc: alpha = 1/b, sign = -1, w_j = sqrt(1/b - 1/a_j) q_j for j < d_k, because
     Sigma^-1 = I/b - sum_j (1/b - 1/a_j) q_j q_j^T; full: alpha = 0, sign = +1, w_j = rows of L^-1.
     const_k is -inf on invalid slots (the matmul with ``Points.lifted`` carries it through).
+
+    The projections j < ``shared`` (the smallest d_k of a valid component) are laid out for
+    every component; the few beyond go to *extra rows*, each tagged with its component.
+    HDDC fits mostly have d_k = 1 with a rare d_k = 2, and a full [K, max d_k] layout would
+    then double the E-step's projection work for one component.
     """
     C, K, D = mix.means.shape
     noise = mix.noise.double()
     hddc = noise > 0
     m = mix.width
-    used = torch.where(hddc, mix.n_dims.clamp(max=m), torch.full_like(mix.n_dims, m))
-    dm = int(used.masked_fill(~mix.valid, 0).max()) if K else 0  # sync: width of the projections
+    used = torch.where(hddc, mix.n_dims.clamp(max=m), torch.full_like(mix.n_dims, m)).masked_fill(~mix.valid, 0)
+    if K and bool(mix.valid.any()):
+        dm, shared = torch.stack([used.max(), used.masked_fill(~mix.valid, m).min()]).tolist()  # sync: layout
+    else:
+        dm = shared = 0
     need_dist = bool((hddc & mix.valid).any())
     scales = mix.scales.double()[..., :dm]
     inv_b = 1.0 / noise.clamp(min=1e-300)
     coef = torch.where(hddc.unsqueeze(-1), (inv_b.unsqueeze(-1) - 1.0 / scales).clamp(min=0).sqrt(),
                        torch.ones_like(scales))
-    coef = coef * (torch.arange(dm, device=noise.device) < used.unsqueeze(-1))
     scaled = mix.basis[..., :dm].double() * coef.unsqueeze(-2)  # [C, K, D, dm]
-    means64 = mix.means.double()
-    offset = torch.einsum("ckd,ckdj->cjk", means64, scaled).unsqueeze(-1)  # [C, dm, K, 1]
+    offsets = torch.einsum("ckd,ckdj->ckj", mix.means.double(), scaled)  # [C, K, dm]
+    # extra rows: (chunk, slot, j) with shared <= j < d_k, packed per chunk
+    c, k, j = ((torch.arange(dm, device=noise.device) >= shared) & (torch.arange(dm, device=noise.device)
+                                                                     < used.unsqueeze(-1))).nonzero(as_tuple=True)
+    per_chunk = torch.bincount(c, minlength=C)
+    n_extra = int(per_chunk.max()) if len(c) else 0  # sync: layout
+    place = torch.arange(len(c), device=c.device) - (torch.cumsum(per_chunk, 0) - per_chunk)[c]
+    extra = scaled.new_zeros(C, n_extra, D)
+    extra[c, place] = scaled[c, k, :, j]
+    extra_offset = offsets.new_zeros(C, n_extra)
+    extra_offset[c, place] = offsets[c, k, j]
+    extra_slot = torch.zeros(C, n_extra, dtype=torch.long, device=c.device)
+    extra_slot[c, place] = k
+    proj = torch.cat([rearrange(scaled[..., :shared], "c k d j -> c (j k) d"), extra], 1)
+    offset = torch.cat([rearrange(offsets[..., :shared], "c k j -> c (j k)"), extra_offset], 1).unsqueeze(-1)
     const = -0.5 * (D * math.log(2 * math.pi) + mix.log_det.double())
     if with_weights:
         const = const + torch.log(mix.weights.double())
     const = const.masked_fill(~mix.valid, float("-inf"))
     alpha = torch.where(hddc & mix.valid, inv_b, 0.0)
-    return _Terms(distance_rows(means64, alpha, const), rearrange(scaled, "c k d j -> c (j k) d").to(dtype),
-                  offset.to(dtype), torch.where(hddc, 0.5, -0.5).unsqueeze(-1).to(dtype), dm, need_dist)
+    return _Terms(distance_rows(mix.means, alpha, const), proj.to(dtype), offset.to(dtype), extra_slot,
+                  torch.where(hddc, 0.5, -0.5).unsqueeze(-1).to(dtype), shared, need_dist)
 
 
 def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None = None) -> Tensor:
@@ -474,13 +501,24 @@ def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None 
         logp = torch.bmm(terms.rows, points.lifted[:, start:stop].transpose(1, 2)).to(xt.dtype)
     else:
         logp = terms.rows[..., D].unsqueeze(-1).to(xt.dtype).expand(C, K, nb)
-    if not terms.dm:
+    if not terms.proj.shape[1]:
         return logp if terms.need_dist else logp.clone()
-    p = torch.bmm(terms.proj, xt).view(C, terms.dm, K, nb)
+    p = torch.bmm(terms.proj, xt)  # [C, shared*K + E, nb]
+    n_shared, n_extra = terms.shared * K, terms.extra_slot.shape[1]
+    slot = terms.extra_slot.unsqueeze(-1).expand(C, n_extra, nb)
     if torch.is_grad_enabled() and (xt.requires_grad or points.lifted.requires_grad):
-        return logp + terms.half_sign * (p - terms.offset).square().sum(1)
+        sq = (p - terms.offset).square()
+        total = sq[:, :n_shared].view(C, terms.shared, K, nb).sum(1).scatter_add(1, slot, sq[:, n_shared:])
+        return logp + terms.half_sign * total
     p.sub_(terms.offset).square_()
-    total = p[:, 0] if terms.dm == 1 else p.sum(1)
+    if terms.shared == 1:
+        total = p[:, :K]
+    elif terms.shared:
+        total = p[:, :n_shared].view(C, terms.shared, K, nb).sum(1)
+    else:
+        total = p.new_zeros(C, K, nb)
+    if n_extra:
+        total.scatter_add_(1, slot, p[:, n_shared:])
     if not terms.need_dist:
         return torch.addcmul(logp, total, terms.half_sign)
     return logp.addcmul_(total, terms.half_sign)
@@ -506,8 +544,9 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
     else:
         resp = torch.empty(C, K, L, dtype=x.dtype, device=x.device)
     log_lik = torch.empty(C, L, dtype=x.dtype, device=x.device)
-    live = terms.rows[..., D:D + 1].isfinite().to(x.dtype)  # [C, K, 1]: 0 on invalid slots (const -inf)
-    block = max(1, min(L, block_elements(x.device) // max(1, C * K * (terms.dm + 2))))
+    live = terms.rows[..., D:D + 1].isfinite()  # [C, K, 1]: false on invalid slots (const -inf)
+    live = None if bool(live.all()) else live.to(x.dtype)  # sync
+    block = max(1, min(L, block_elements(x.device) // max(1, C * K * (terms.width + 2))))
     for start in range(0, L, block):
         stop = min(L, start + block)
         logp = log_density(points, terms, start, stop)  # [C, K, nb]
@@ -516,9 +555,11 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
         # exp(-80) = 2e-35 is still a normal float: clamping there keeps exp off its slow
         # paths for huge negative arguments and subnormal results, and changes nothing
         # that any sum here can see.
-        e = logp.sub_(top).clamp_(min=_EXP_FLOOR).exp_().mul_(live)
+        e = torch.exp(logp.sub_(top).clamp_(min=_EXP_FLOOR), out=resp[:, :, start:stop])
+        if live is not None:
+            e.mul_(live)
         total = e.sum(1, keepdim=True)
-        resp[:, :, start:stop] = e.div_(total)
+        e.div_(total)
         log_lik[:, start:stop] = (total.log_() + top).squeeze(1)
     if points.mask is not None:
         resp.masked_fill_(~points.mask.unsqueeze(1), 0.0)
@@ -708,9 +749,11 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
 
     Each iteration is one E-step and one M-step; converged segments are frozen, so a
     segment's result does not depend on which others share it. Their points are dropped
-    from the batch once they are at least half of it: each such copy of the points at
-    least halves the batch, so copying costs at most about one more copy of all points,
-    and frozen segments at most double the work of the E- and M-steps. At most
+    from the batch once they are at least a quarter of it: each such copy of the points
+    shrinks the batch by a quarter, so copying costs at most about three more copies of all
+    points, and frozen segments add at most a third to the work of the E- and M-steps (the
+    child EMs of a split round, where many clusters converge in 2-3 iterations and others
+    take 30, did about 2x their live work with a half-batch rule). At most
     ``max_iter`` M-steps are taken (the authors always take 30).
 
     Returns the fitted mixtures and an ``EMResult`` whose ``history`` holds, per E-step,
@@ -732,7 +775,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
         n_open = int((~converged).sum())  # sync once per iteration
         if n_open == 0:
             break
-        if 2 * n_open <= len(batch):
+        if 4 * n_open <= 3 * len(batch):
             batch = (~converged).nonzero().squeeze(1)
             sub, buffer = points.restrict(batch), None
         moving = ~converged[batch]
