@@ -241,9 +241,10 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
     seg_size = sizes[unit, parent]
     seg_first = first[unit, parent]
     # chunk length ~ an eighth of the mean cluster size: padding (under one chunk per cluster)
-    # then costs about 6% of the child EMs' work instead of about 30% with half-size chunks
+    # then costs about 6% of the child EMs' work instead of about 30% with half-size chunks;
+    # at least 512, so that small fits do not pay per-chunk work for tiny chunks
     mean_size = int(seg_size.sum()) // max(1, len(unit))  # sync: sizes the chunks
-    length = 1 << max(6, min(14, (max(1, mean_size // 8) - 1).bit_length()))
+    length = 1 << max(9, min(14, (max(1, mean_size // 8) - 1).bit_length()))
     n_chunks = (seg_size + length - 1) // length
     owner = torch.repeat_interleave(torch.arange(len(unit), device=x.device), n_chunks)
     chunk_first = torch.cumsum(n_chunks, 0) - n_chunks
