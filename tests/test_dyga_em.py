@@ -59,6 +59,20 @@ def test_log_density_equals_a_direct_gaussian_evaluation(model):
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-7)
 
 
+
+def test_projection_layers_read_only_the_coordinates_they_use():
+    # full covariance: W = L^-1 is lower triangular, so layer j reads x[:j+1]
+    mix = random_mixture("full", D=8)
+    terms = density_terms(mix, F64)
+    assert terms.layers == ((0, 2, 2), (2, 4, 4), (4, 6, 6), (6, 8, 8))
+    assert hddc._layer_groups([3, 8, 2, 2], 8) == ((0, 1, 3), (1, 4, 8))  # dense from layer 1 on
+    # HDDC: d_k differ per component, so every d_k beyond the smallest is an extra row
+    mix = random_mixture("hddc", D=8)
+    terms = density_terms(mix, F64)
+    assert terms.shared == int(mix.n_dims.min())
+    extra = (mix.n_dims - terms.shared).sum(1)  # per unit
+    assert terms.extra_slot.shape[1] == int(extra.max())
+
 def test_squared_distances_of_lifted_points_equal_direct_differences():
     # float32 points, float64 distances: the lifted rows (x, 1, ||x||^2) keep them exact
     g = torch.Generator().manual_seed(2)
