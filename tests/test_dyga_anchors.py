@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from dydis.dyga import DyGA
-from dydis.dyga.anchors import (EMSettings, SplitBatch, choose_splits, cluster_density, cluster_members,
+from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, choose_splits, cluster_density,
                                 drop_small, merge_children, split_batch)
-from dydis.dyga.hddc import Points, isotropic
+from dydis.dyga.hddc import Points, e_step, isotropic
 
 F64 = torch.float64
 
@@ -27,9 +27,7 @@ def grid_blobs(centres, n_per=60, std=0.1, seed=0) -> torch.Tensor:
 
 def test_cluster_density_is_eq5():
     x = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [5.0, 5.0], [9.0, 9.0]]], dtype=F64)
-    resp = torch.tensor([[[0.9, 0.8, 0.6, 0.1, 0.5], [0.1, 0.2, 0.4, 0.9, 0.5]]], dtype=F64)  # [U, K, n]
-    members = cluster_members(resp, phi=0.5)
-    assert members.tolist() == [[0, 0, 0, 1, -1]]  # r = 0.5 exactly is not "> phi"
+    members = torch.tensor([[0, 0, 0, 1, -1]])
     density, sizes = cluster_density(x, members, 2)
     centre = torch.tensor([2 / 3, 2 / 3], dtype=F64)
     want = (x[0, :3] - centre).norm(dim=-1).mean()
@@ -37,6 +35,47 @@ def test_cluster_density_is_eq5():
     assert density[0, 0].item() == pytest.approx(want.item())
     assert density[0, 1].item() == 0.0
 
+
+
+def top_responsibility_clusters(points, mix, phi=0.5):
+    """Clusters straight from a full E-step: the component whose responsibility exceeds phi."""
+    resp, _ = e_step(points, mix)
+    top, arg = resp.max(1)
+    return torch.where(top > phi, arg, torch.full_like(arg, -1)), top
+
+
+def test_component_densities_give_the_clusters_of_a_fresh_e_step_after_slots_change():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 400, 4, generator=g)
+    points = Points.of(x)
+    settings = EMSettings(max_iter=3, init_scale="data")
+    mix, _ = settings.run(points, settings.start(points, x[:, :5].clone()), g)
+    mix = mix.padded(8)
+    cache, never_marked = ComponentDensities(points, 8), ComponentDensities(points, 8)
+
+    def check(cache, mix):
+        got = cache.members(mix.trimmed(), 0.5)
+        want, top = top_responsibility_clusters(points, mix.trimmed())
+        # rounding may only move a point whose top responsibility is phi itself
+        assert bool(((got == want) | ((top - 0.5).abs() < 1e-4)).all())
+        return got, want
+
+    check(cache, mix)
+    never_marked.members(mix.trimmed(), 0.5)
+    # a split round: unit 0's slot 1 moves, unit 1 gains slot 5, and every weight changes
+    new = mix._replace(means=mix.means.clone(), valid=mix.valid.clone(), weights=mix.weights.clone())
+    new.means[0, 1] += 1.0
+    new.means[1, 5] = x[1, 10]
+    new.valid[1, 5] = True
+    new.weights[1, 5] = 0.3
+    new = new._replace(weights=new.weights / new.weights.sum(1, keepdim=True))
+    changed = torch.zeros(2, 8, dtype=torch.bool)
+    changed[0, 1] = changed[1, 5] = True
+    cache.mark(changed)
+    got, want = check(cache, new)
+    assert bool((want[1] == 5).any()) and bool((want[0] == 1).any())  # the changed slots own points
+    # the slots that changed are exactly what must be recomputed: unmarked, the cache is stale
+    assert not torch.equal(never_marked.members(new.trimmed(), 0.5), want)
 
 def test_paper_rule_splits_dense_clusters_densest_first_within_the_cap():
     density = torch.tensor([[0.9, 0.1, 0.7, 0.6]], dtype=F64)

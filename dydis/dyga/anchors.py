@@ -43,8 +43,8 @@ from einops import repeat
 from torch import Tensor
 from torch.profiler import record_function
 
-from dydis.dyga.hddc import (RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic,
-                             squared_distances)
+from dydis.dyga.hddc import (EXP_FLOOR, RESP_EPS, EMResult, Mixture, Points, block_elements, density_terms,
+                             e_step, fit_em, isotropic, log_density, squared_distances)
 
 #: Counted splits after which the released code stops splitting (its ``max_split_iter``).
 OFFICIAL_MAX_COUNTED_SPLITS = 3
@@ -125,14 +125,58 @@ class SelectionReport:
 # Step 2: clusters, densities (eq. 5) and the choice of splits
 
 
-def cluster_members(resp: Tensor, phi: float) -> Tensor:
-    """The cluster of every point: the component whose responsibility exceeds ``phi``.
+class ComponentDensities:
+    """log N(x_i | mu_k, Sigma_k) of every point and slot, kept from one split round to the next.
 
-    ``resp`` is [U, K, n]. With ``phi >= 0.5`` at most one component qualifies, so clusters
-    are disjoint. Returns [U, n] long, -1 for points in no cluster.
+    A round changes the parameters of the split components only (the first child takes its
+    parent's slot, the second a free one); every other slot keeps its mean and covariance,
+    and weights enter only when clusters are read (``members``). So a round recomputes the
+    densities of the changed slots alone: with the official rule, which splits one cluster
+    per round for about 24 rounds, that is 2 slots per round instead of up to 32.
     """
-    top, arg = resp.max(1)
-    return torch.where(top > phi, arg, torch.full_like(arg, -1))
+
+    def __init__(self, points: Points, n_slots: int):
+        C, L, _ = points.x.shape
+        self.points = points
+        self.values = points.x.new_empty(C, n_slots, L)  # [U, K, n] unweighted log-densities
+        self.stale = torch.ones(C, n_slots, dtype=torch.bool, device=points.x.device)
+
+    def mark(self, changed: Tensor) -> None:
+        """Slots [U, K] bool whose parameters changed."""
+        self.stale[:, :changed.shape[1]] |= changed
+
+    def members(self, mix: Mixture, phi: float) -> Tensor:
+        """The cluster of every point under ``mix`` (its first slots, [U, K <= n_slots]): the
+        component whose responsibility exceeds ``phi``, -1 for none. With ``phi >= 0.5`` at
+        most one qualifies, so clusters are disjoint. Returns [U, n] long."""
+        self._refresh(mix)
+        x = self.points.x
+        C, L, _ = x.shape
+        K = mix.n_slots
+        log_w = mix.weights.log().masked_fill(~mix.valid, float("-inf")).to(x.dtype).unsqueeze(-1)
+        out = torch.empty(C, L, dtype=torch.long, device=x.device)
+        block = max(1, block_elements(x.device) // max(1, C * K))
+        for start in range(0, L, block):
+            logp = self.values[:, :K, start:start + block] + log_w
+            top, arg = logp.max(1)  # the top responsibility is 1 / sum_k exp(logp_k - top)
+            total = logp.sub_(top.unsqueeze(1)).clamp_(min=EXP_FLOOR).exp_().sum(1)
+            out[:, start:start + block] = torch.where(total.reciprocal_() > phi, arg, torch.full_like(arg, -1))
+        return out
+
+    def _refresh(self, mix: Mixture) -> None:
+        K = mix.n_slots
+        todo = self.stale[:, :K] & mix.valid
+        n_todo = int(todo.sum(1).max())  # sync: sizes the recomputation
+        if n_todo:
+            # the stale slots of each unit first; units with fewer recompute some fresh ones too
+            slots = torch.argsort((~todo).to(torch.int8), dim=1, stable=True)[:, :n_todo]
+            terms = density_terms(mix.select(slots), self.points.x.dtype, with_weights=False)
+            C, L, _ = self.points.x.shape
+            block = max(1, block_elements(self.points.x.device) // max(1, C * n_todo * (terms.width + 2)))
+            for start in range(0, L, block):
+                logp = log_density(self.points, terms, start, start + block)
+                self.values[:, :, start:start + block].scatter_(1, slots.unsqueeze(-1).expand_as(logp), logp)
+        self.stale[:, :K] = False
 
 
 def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, Tensor]:
@@ -364,12 +408,11 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     splitting = torch.ones(U, dtype=torch.bool, device=x.device)
     child_fits = []
     rounds = idle = 0
+    densities = ComponentDensities(points, max_components)
     while bool(splitting.any()) and idle < MAX_IDLE_ROUNDS:  # sync once per round
         current = mix.trimmed()
         with record_function("dyga.clusters"):
-            resp, _ = e_step(points, current)  # one E-step gives every cluster and its density
-            members = cluster_members(resp, phi)
-            del resp
+            members = densities.members(current, phi)  # the clusters of one E-step of ``current``
             density, sizes = cluster_density(x, members, current.n_slots)
         pad = mix.n_slots - current.n_slots
         density = torch.nn.functional.pad(density, (0, pad), value=float("nan"))
@@ -389,7 +432,9 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
             children = settings.start(batch.points, batch.first_two)
             children, fit = settings.run(batch.points, children, generator)
         child_fits.append(fit)
-        mix = merge_children(mix, children, batch, child_weights=child_weights)
+        merged = merge_children(mix, children, batch, child_weights=child_weights)
+        densities.mark(chosen | (merged.valid & ~mix.valid))  # the parents' slots and the new ones
+        mix = merged
         n_splits += chosen.sum(1)
         rounds += 1
     with record_function("dyga.filter"):

@@ -70,8 +70,8 @@ EMPTY_COUNT = 1.0
 # which costs more than the arithmetic on them. On a GPU large, so that a block is a few big
 # kernels rather than many launches.
 _BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
-# Lower clamp of log-responsibilities before exp (see ``e_step``).
-_EXP_FLOOR = -80.0
+#: Lower clamp of log-responsibilities before exp (see ``e_step``).
+EXP_FLOOR = -80.0
 
 
 def block_elements(device: torch.device) -> int:
@@ -585,7 +585,7 @@ def e_step(points: Points, mix: Mixture, out: Tensor | None = None) -> tuple[Ten
         # exp(-80) = 2e-35 is still a normal float: clamping there keeps exp off its slow
         # paths for huge negative arguments and subnormal results, and changes nothing
         # that any sum here can see.
-        e = torch.exp(logp.sub_(top).clamp_(min=_EXP_FLOOR), out=resp[:, :, start:stop])
+        e = torch.exp(logp.sub_(top).clamp_(min=EXP_FLOOR), out=resp[:, :, start:stop])
         if live is not None:
             e.mul_(live)
         total = e.sum(1, keepdim=True)
