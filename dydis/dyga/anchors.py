@@ -437,6 +437,7 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         mix = merged
         n_splits += chosen.sum(1)
         rounds += 1
+    del densities  # as large as the responsibilities: freed before the final EM allocates its own
     with record_function("dyga.filter"):
         mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
     with record_function("dyga.final_em"):
