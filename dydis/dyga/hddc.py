@@ -472,22 +472,11 @@ def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -
                        torch.ones_like(scales))
     scaled = mix.basis[..., :dm].double() * coef.unsqueeze(-2)  # [C, K, D, dm]
     offsets = torch.einsum("ckd,ckdj->ckj", mix.means.double(), scaled)  # [C, K, dm]
-    # extra rows: (chunk, slot, j) with shared <= j < d_k, packed per chunk
-    c, k, j = ((torch.arange(dm, device=noise.device) >= shared) & (torch.arange(dm, device=noise.device)
-                                                                     < used.unsqueeze(-1))).nonzero(as_tuple=True)
-    per_chunk = torch.bincount(c, minlength=C)
-    n_extra = int(per_chunk.max()) if len(c) else 0  # sync: layout
-    place = torch.arange(len(c), device=c.device) - (torch.cumsum(per_chunk, 0) - per_chunk)[c]
-    extra = scaled.new_zeros(C, n_extra, D)
-    extra[c, place] = scaled[c, k, :, j]
-    extra_offset = offsets.new_zeros(C, n_extra)
-    extra_offset[c, place] = offsets[c, k, j]
-    extra_slot = torch.zeros(C, n_extra, dtype=torch.long, device=c.device)
-    extra_slot[c, place] = k
+    extra, extra_offset, extra_slot = _extra_rows(scaled, offsets, used, shared)
     proj = torch.cat([rearrange(scaled[..., :shared], "c k d j -> c (j k) d"), extra], 1)
     # per shared layer j: 1 + the last coordinate where some w_kj is nonzero
-    nonzero = scaled[..., :shared].ne(0).any(0).any(0)  # [D, shared]
-    reach = ((torch.arange(1, D + 1, device=noise.device).unsqueeze(1) * nonzero).amax(0)
+    touched = scaled[..., :shared].ne(0).any(0).any(0)  # [D, shared]
+    reach = ((torch.arange(1, D + 1, device=noise.device).unsqueeze(1) * touched).amax(0)
              if shared else noise.new_zeros(0, dtype=torch.long))
     layers = _layer_groups(reach.tolist(), D)  # sync: layout
     offset = torch.cat([rearrange(offsets[..., :shared], "c k j -> c (j k)"), extra_offset], 1).unsqueeze(-1)
@@ -498,6 +487,24 @@ def density_terms(mix: Mixture, dtype: torch.dtype, with_weights: bool = True) -
     alpha = torch.where(hddc & mix.valid, inv_b, 0.0)
     return _Terms(distance_rows(mix.means, alpha, const), proj.to(dtype), offset.to(dtype), extra_slot,
                   torch.where(hddc, 0.5, -0.5).unsqueeze(-1).to(dtype), shared, need_dist, layers)
+
+
+def _extra_rows(scaled: Tensor, offsets: Tensor, used: Tensor, shared: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The projections (chunk, slot, j) with ``shared <= j < used`` packed per chunk: rows
+    [C, E, D], their offsets [C, E] and slots [C, E] (zero rows pad chunks with fewer)."""
+    C, _, D, dm = scaled.shape
+    j_range = torch.arange(dm, device=used.device)
+    c, k, j = ((j_range >= shared) & (j_range < used.unsqueeze(-1))).nonzero(as_tuple=True)
+    per_chunk = torch.bincount(c, minlength=C)
+    n_extra = int(per_chunk.max()) if len(c) else 0  # sync: layout
+    place = torch.arange(len(c), device=c.device) - (torch.cumsum(per_chunk, 0) - per_chunk)[c]
+    rows = scaled.new_zeros(C, n_extra, D)
+    rows[c, place] = scaled[c, k, :, j]
+    row_offsets = offsets.new_zeros(C, n_extra)
+    row_offsets[c, place] = offsets[c, k, j]
+    slots = torch.zeros(C, n_extra, dtype=torch.long, device=c.device)
+    slots[c, place] = k
+    return rows, row_offsets, slots
 
 
 def _layer_groups(reach: list[int], dim: int, n_groups: int = 4) -> tuple[tuple[int, int, int], ...]:
