@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dydis.dyga import DyGA
-from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, choose_splits, cluster_density,
-                                drop_small, merge_children, split_batch)
+from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, along_first_direction, choose_splits,
+                                cluster_density, drop_small, merge_children, split_batch)
 from dydis.dyga.hddc import Points, e_step, isotropic
 
 F64 = torch.float64
@@ -213,3 +213,19 @@ def test_official_schedule_splits_one_calm_cluster_per_round_up_to_max_component
         model = DyGA("official", n_init=2, max_components=7, min_cluster_size=0).fit(x)
         assert model.n_splits_.tolist() == [model.n_split_rounds_]
         assert model.n_components_.tolist() == [2 + model.n_split_rounds_]
+
+
+def test_points_are_sorted_along_each_units_first_principal_direction():
+    g = torch.Generator().manual_seed(5)
+    t = torch.rand(2, 500, generator=g)  # position along a line, in random order
+    direction = torch.nn.functional.normalize(torch.randn(2, 1, 6, generator=g), dim=-1)
+    x = t.unsqueeze(-1) * direction + 0.01 * torch.randn(2, 500, 6, generator=g)
+    got = along_first_direction(x)
+    for u in range(2):  # a permutation of the unit's points ...
+        assert torch.equal(got[u][torch.argsort(got[u, :, 0])], x[u][torch.argsort(x[u, :, 0])])
+        along = got[u] @ direction[u, 0]  # ... ordered along the line (either way round)
+        steps = torch.diff(along)
+        assert bool((steps >= -0.05).all()) or bool((steps <= 0.05).all())
+        assert abs(float(along[-1] - along[0])) > 0.9
+    constant = torch.ones(1, 10, 3)
+    assert torch.equal(along_first_direction(constant), constant)

@@ -383,6 +383,26 @@ def drop_small(points: Points, mix: Mixture, min_size: float) -> tuple[Mixture, 
 # Algorithm 2
 
 
+def along_first_direction(x: Tensor, n_iter: int = 30) -> Tensor:
+    """Each unit's points [U, n, D] sorted by their projection on the unit's first principal
+    direction (power iteration on the covariance).
+
+    Latent units lie near curves, so neighbours in this order are mostly neighbours in
+    space: the points a component explains come in a few stretches, and the M-step's
+    gathers (``hddc.scatter_matrices``) read memory mostly in order. On the final EM's
+    state of the 20 x 100,000 benchmark that made the scatter about 20% faster (405 ms
+    against 512 ms on one thread). A constant unit keeps its order.
+    """
+    centred = x - x.mean(1, keepdim=True)
+    cov = centred.transpose(1, 2) @ centred  # [U, D, D]
+    v = torch.ones(*x.shape[::2], 1, dtype=x.dtype, device=x.device)  # [U, D, 1]
+    for _ in range(n_iter):
+        v = cov @ v
+        v = v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp(min=1e-30)
+    order = (x @ v).squeeze(-1).argsort(dim=1, stable=True)
+    return x.gather(1, order.unsqueeze(-1).expand_as(x))
+
+
 def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_components: int = 32,
                    phi: float = 0.5, psi: float = 0.5, random_split: float = 0.5, min_cluster_size: float = 10,
                    split_rule: str = "paper", child_weights: str = "parent", child_init: str = "random",
@@ -391,9 +411,12 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     """Algorithm 2 for every unit of ``x`` [U, n, D] at once; returns the mixtures [U, K] and a report.
 
     The initial Gaussians sit at ``n_init`` random points of each unit (one per point when
-    a unit has fewer), or at ``init_means`` [U, K0, D] when given.
+    a unit has fewer), or at ``init_means`` [U, K0, D] when given. Each unit's points are
+    first sorted along the data (``along_first_direction``), for speed only: the algorithm
+    is the same for any order, its random draws just pick other points.
     """
     U, n, D = x.shape
+    x = along_first_direction(x)
     points = Points.of(x)
     if init_means is None:
         k0 = max(1, min(n_init, max_components, n))
