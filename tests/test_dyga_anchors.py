@@ -166,6 +166,20 @@ def test_split_batch_gathers_each_chosen_cluster_and_starts_children_inside_it()
             assert len(pts) == 20 and (pts[:, 0] - centre).abs().max() < 1.0
             assert (batch.first_two[seg, :, 0] - centre).abs().max() < 1.0
             assert not torch.equal(batch.first_two[seg, 0], batch.first_two[seg, 1])
+            assert torch.equal(pts, x[0, members[0] == 2 * seg])  # the cluster's points, in x's order
+
+
+def test_split_batch_starts_children_at_a_uniform_pair_of_the_clusters_points():
+    x = torch.arange(4, dtype=F64).reshape(1, 4, 1)  # cluster 0 holds points 1, 2, 3
+    members = torch.tensor([[-1, 0, 0, 0]])
+    counts = torch.zeros(4, 4)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1200):
+        pair = split_batch(x, members, torch.tensor([[3]]), torch.tensor([[True]]), g).first_two[0, :, 0]
+        counts[int(pair[0]), int(pair[1])] += 1
+    off_diagonal = counts[1:, 1:][~torch.eye(3, dtype=torch.bool)]
+    assert counts[1:, 1:].sum() == 1200 and counts[1:, 1:].diagonal().sum() == 0
+    assert bool((off_diagonal > 150).all() and (off_diagonal < 250).all())  # 200 each if uniform
 
 
 def test_small_gaussians_are_filtered_and_weights_renormalised():

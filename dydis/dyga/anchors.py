@@ -270,16 +270,16 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
                 child_init: str = "random") -> SplitBatch:
     """Gather the points of every chosen cluster into chunks, one segment per cluster.
 
-    Points are ordered by (cluster, random key), so each cluster's points are contiguous
-    and its first point is uniformly random: the first child's starting mean. The second
-    child starts at the cluster's second point in that order (``child_init="random"``, a
-    uniform pair as in the released code) or at a point drawn with probability
-    proportional to its squared distance from the first (``"spread"``, k-means++ seeding,
-    Arthur & Vassilvitskii 2007), which keeps both children from starting in one mode.
+    Points are grouped by cluster, each cluster's points keeping their order in ``x`` (so
+    chunks keep ``along_first_direction``'s locality). The first child starts at a
+    uniformly random point of the cluster; the second at another uniformly random point
+    (``child_init="random"``, a uniform pair as in the released code) or at a point drawn
+    with probability proportional to its squared distance from the first (``"spread"``,
+    k-means++ seeding, Arthur & Vassilvitskii 2007), which keeps both children from
+    starting in one mode.
     """
     U, n, D = x.shape
-    key = members.double() * 2.0 + torch.rand(U, n, generator=generator, device=x.device, dtype=torch.float64)
-    order = key.argsort(1)  # points of no cluster first, then cluster 0, 1, ...
+    order = torch.argsort(members, dim=1, stable=True)  # points of no cluster first, then cluster 0, 1, ...
     first = (members < 0).sum(1, keepdim=True) + torch.cumsum(sizes, 1) - sizes  # [U, K]
     unit, parent = chosen.nonzero(as_tuple=True)  # segments, in (unit, slot) order
     seg_size = sizes[unit, parent]
@@ -300,7 +300,12 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
     rows = flat_order[unit[owner].unsqueeze(1) * n + sorted_pos]  # [C, length]
     flat_x = x.reshape(U * n, D)
     chunk_x = flat_x.index_select(0, rows.view(-1)).view(*rows.shape, D).masked_fill_(~mask.unsqueeze(-1), 0.0)
-    first_two = flat_x[flat_order[(unit * n + seg_first).unsqueeze(1) + torch.arange(2, device=x.device)]]
+    # a uniform pair of distinct positions in the cluster (sizes >= 2: see choose_splits)
+    u = torch.rand(len(unit), 2, generator=generator, device=x.device, dtype=torch.float64)
+    one = (u[:, 0] * seg_size).long().clamp(max=seg_size - 1)
+    other = (u[:, 1] * (seg_size - 1)).long().clamp(max=seg_size - 2)
+    pair = torch.stack([one, other + (other >= one).long()], 1)
+    first_two = flat_x[flat_order[(unit * n + seg_first).unsqueeze(1) + pair]]
     points = Points.of(chunk_x, owner=owner, mask=mask)
     if child_init == "spread":
         first_two[:, 1] = _far_point(points, first_two[:, 0], generator)
