@@ -11,8 +11,10 @@ from dydis.dyga import DyGA
 from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, along_first_direction, choose_splits,
                                 cluster_density, drop_small, merge_children, split_batch)
 from dydis.dyga.hddc import Points, e_step, isotropic
+from dydis.dyga.streams import UnitStreams
 
 F64 = torch.float64
+HALF = torch.full((1, 4), 0.5, dtype=F64)  # the round's uniform draws, where they do not matter
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
@@ -82,20 +84,23 @@ def test_paper_rule_splits_dense_clusters_densest_first_within_the_cap():
     sizes = torch.tensor([[50, 50, 50, 1]])  # the last cluster is too small to split
     valid = torch.ones(1, 4, dtype=torch.bool)
     counted = torch.zeros(1, dtype=torch.long)
-    g = torch.Generator().manual_seed(0)
     chosen, going_on = choose_splits(density, sizes, valid, psi=0.5, random_split=0.0, max_components=5,
-                                     rule="paper", counted=counted, generator=g)
+                                     rule="paper", counted=counted, draw=HALF)
     assert chosen.tolist() == [[True, False, False, False]]  # one free slot: the densest
     assert going_on.tolist() == [False]  # the cap is reached
     chosen, going_on = choose_splits(density, sizes, valid, psi=0.5, random_split=0.0, max_components=32,
-                                     rule="paper", counted=counted, generator=g)
+                                     rule="paper", counted=counted, draw=HALF)
     assert chosen.tolist() == [[True, False, True, False]] and going_on.tolist() == [True]
     chosen, _ = choose_splits(density, sizes, valid, psi=0.5, random_split=1.0, max_components=32, rule="paper",
-                              counted=counted, generator=g)
+                              counted=counted, draw=HALF)
     assert chosen.tolist() == [[True, True, True, False]]  # random splits take every splittable cluster
     chosen, going_on = choose_splits(torch.zeros(1, 4, dtype=F64), sizes, valid, psi=0.5, random_split=0.0,
-                                     max_components=32, rule="paper", counted=counted, generator=g)
+                                     max_components=32, rule="paper", counted=counted, draw=HALF)
     assert not chosen.any() and going_on.tolist() == [False]  # F is empty: Algorithm 2 stops
+    calm = torch.full((1, 4), 0.1, dtype=F64)
+    chosen, _ = choose_splits(calm, sizes, valid, psi=0.5, random_split=0.5, max_components=32, rule="paper",
+                              counted=counted, draw=torch.tensor([[0.2, 0.9, 0.4, 0.1]], dtype=F64))
+    assert chosen.tolist() == [[True, False, True, False]]  # draws below random_split; the last is too small
 
 
 def test_official_rule_splits_one_random_candidate_per_round_without_dense_clusters():
@@ -104,21 +109,20 @@ def test_official_rule_splits_one_random_candidate_per_round_without_dense_clust
     counted = torch.zeros(1, dtype=torch.long)
     calm = torch.full((1, 4), 0.1, dtype=F64)
     chosen, going_on = choose_splits(calm, sizes, valid, psi=0.5, random_split=1.0, max_components=32,
-                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+                                     rule="official", counted=counted, draw=HALF)
     assert chosen.tolist() == [[True, False, False, False]] and counted.item() == 0  # uncounted
     assert going_on.tolist() == [True]
     # Gaussians drawn whose clusters are too small: nothing splits, but the next round draws again
     chosen, going_on = choose_splits(calm, torch.ones(1, 4, dtype=torch.long), valid, psi=0.5, random_split=1.0,
-                                     max_components=32, rule="official", counted=counted,
-                                     generator=torch.Generator().manual_seed(0))
+                                     max_components=32, rule="official", counted=counted, draw=HALF)
     assert not chosen.any() and going_on.tolist() == [True]
     dense = torch.tensor([[0.1, 0.9, 0.8, 0.1]], dtype=F64)
     chosen, going_on = choose_splits(dense, sizes, valid, psi=0.5, random_split=0.0, max_components=32,
-                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+                                     rule="official", counted=counted, draw=HALF)
     assert chosen.tolist() == [[False, True, True, False]] and counted.item() == 2
     counted.fill_(3)  # the released code stops after 3 counted splits
     chosen, going_on = choose_splits(dense, sizes, valid, psi=0.5, random_split=1.0, max_components=32,
-                                     rule="official", counted=counted, generator=torch.Generator().manual_seed(0))
+                                     rule="official", counted=counted, draw=HALF)
     assert not chosen.any() and going_on.tolist() == [False]
 
 
@@ -158,7 +162,7 @@ def test_split_batch_gathers_each_chosen_cluster_and_starts_children_inside_it()
     sizes = torch.full((1, 3), 20)
     chosen = torch.tensor([[True, False, True]])
     for child_init in ("random", "spread"):
-        batch = split_batch(x, members, sizes, chosen, torch.Generator().manual_seed(0), child_init)
+        batch = split_batch(x, members, sizes, chosen, UnitStreams.seeded(0, 1), child_init)
         assert batch.parent.tolist() == [0, 2]
         owner, mask = batch.points.owner, batch.points.mask
         for seg, centre in ((0, 0.0), (1, 10.0)):
@@ -173,9 +177,9 @@ def test_split_batch_starts_children_at_a_uniform_pair_of_the_clusters_points():
     x = torch.arange(4, dtype=F64).reshape(1, 4, 1)  # cluster 0 holds points 1, 2, 3
     members = torch.tensor([[-1, 0, 0, 0]])
     counts = torch.zeros(4, 4)
-    g = torch.Generator().manual_seed(0)
+    streams = UnitStreams.seeded(0, 1)
     for _ in range(1200):
-        pair = split_batch(x, members, torch.tensor([[3]]), torch.tensor([[True]]), g).first_two[0, :, 0]
+        pair = split_batch(x, members, torch.tensor([[3]]), torch.tensor([[True]]), streams).first_two[0, :, 0]
         counts[int(pair[0]), int(pair[1])] += 1
     off_diagonal = counts[1:, 1:][~torch.eye(3, dtype=torch.bool)]
     assert counts[1:, 1:].sum() == 1200 and counts[1:, 1:].diagonal().sum() == 0

@@ -13,6 +13,7 @@ from torch.distributions import MultivariateNormal
 
 from dydis.dyga import hddc
 from dydis.dyga.anchors import EMSettings
+from dydis.dyga.streams import UnitStreams
 from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, full_model,
                              hddc_model, log_density, scatter_matrices, squared_distances)
 
@@ -126,7 +127,7 @@ def run_em(x: torch.Tensor, init: torch.Tensor, model: str, **kw) -> tuple[Mixtu
     """EM on units x [U, n, D] from means init [U, K, D] with covariance I."""
     settings = EMSettings(model=model, **kw)
     points = Points.of(x)
-    return settings.run(points, settings.start(points, init), torch.Generator().manual_seed(0))
+    return settings.run(points, settings.start(points, init), UnitStreams.seeded(0, x.shape[0]))
 
 
 @pytest.mark.parametrize("model", ["hddc", "full"])

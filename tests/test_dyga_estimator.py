@@ -55,7 +55,8 @@ def test_unfitted_model_refuses_to_work():
 
 
 @pytest.mark.parametrize("params", [dict(mode="both"), dict(phi=0.3), dict(covariance="diag"), dict(max_iter=0),
-                                    dict(random_split=1.5), dict(reg_covar=0.0), dict(hard="yes")])
+                                    dict(random_split=1.5), dict(reg_covar=0.0), dict(hard="yes"),
+                                    dict(n_jobs=0)])
 def test_bad_parameters_raise_a_config_error(params):
     with pytest.raises(DyGAParameterError) as err:
         DyGA(**params).fit(units(U=1, n=20))
@@ -101,6 +102,24 @@ def test_fitting_is_deterministic_for_a_fixed_seed():
     for name in ("means_", "weights_", "covariances_", "log_likelihood_"):
         assert torch.equal(getattr(a, name), getattr(b, name))
     assert not torch.equal(a.n_splits_, c.n_splits_) or not torch.allclose(a.log_likelihood_, c.log_likelihood_)
+
+
+@pytest.mark.parametrize("mode", ["paper", "official"])
+def test_a_units_anchors_do_not_depend_on_how_units_are_grouped(mode):
+    # each unit draws from its own stream: fitting the units in one batch, in two groups on
+    # two threads, or in groups of 1, 1 and 2 units on three threads gives the same fit
+    x = units(U=4, n=300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        batched = DyGA(mode, max_components=10, n_jobs=1).fit(x)
+        pairs = DyGA(mode, max_components=10, n_jobs=2).fit(x)
+        uneven = DyGA(mode, max_components=10, n_jobs=3).fit(x)
+    assert batched.n_splits_.sum() > 0  # splits (random draws) took part
+    for model in (pairs, uneven):
+        assert torch.equal(model.n_components_, batched.n_components_)
+        assert torch.equal(model.n_splits_, batched.n_splits_)
+        torch.testing.assert_close(model.anchors_, batched.anchors_, rtol=0, atol=1e-9)
+        torch.testing.assert_close(model.log_likelihood_, batched.log_likelihood_, rtol=0, atol=1e-9)
 
 
 def test_state_dict_round_trips_through_torch_save(fitted):

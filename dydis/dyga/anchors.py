@@ -45,12 +45,13 @@ from torch.profiler import record_function
 
 from dydis.dyga.hddc import (EXP_FLOOR, RESP_EPS, EMResult, Mixture, Points, block_elements, density_terms,
                              e_step, fit_em, isotropic, log_density, squared_distances)
+from dydis.dyga.streams import UnitStreams
 
 #: Counted splits after which the released code stops splitting (its ``max_split_iter``).
 OFFICIAL_MAX_COUNTED_SPLITS = 3
-#: Consecutive rounds without a split after which splitting ends. Only the official rule
-#: has such rounds; the released loop would spin forever when every drawn cluster is too
-#: small to split.
+#: Consecutive rounds without a split after which a unit stops splitting. Only the official
+#: rule has such rounds; the released loop would spin forever when every drawn cluster is
+#: too small to split.
 MAX_IDLE_ROUNDS = 100
 
 
@@ -67,10 +68,11 @@ class EMSettings:
     resp_eps: float = RESP_EPS
     init_scale: str = "identity"
 
-    def run(self, points: Points, mix: Mixture, generator) -> tuple[Mixture, EMResult]:
+    def run(self, points: Points, mix: Mixture, streams: UnitStreams) -> tuple[Mixture, EMResult]:
+        """EM of every segment; ``streams`` has one row per segment (its unit's stream)."""
         return fit_em(points, mix, model=self.model, max_iter=self.max_iter, tol=self.tol, reg=self.reg,
                       dim_threshold=self.dim_threshold, n_dims=self.n_dims, resp_eps=self.resp_eps,
-                      generator=generator)
+                      streams=streams)
 
     def start(self, points: Points, means: Tensor) -> Mixture:
         """Valid components at ``means`` [G, K, D] with equal weights and isotropic covariances.
@@ -214,11 +216,12 @@ def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, T
 
 
 def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, random_split: float,
-                  max_components: int, rule: str, counted: Tensor, generator) -> tuple[Tensor, Tensor]:
+                  max_components: int, rule: str, counted: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
     """Which components to split this round, and which units go on splitting afterwards.
 
-    A cluster needs two points to be split (the children start at two of them).
-    ``counted`` [U] (official rule) is updated in place.
+    A cluster needs two points to be split (the children start at two of them). ``draw``
+    [U, K] holds the round's uniform draws: a Gaussian is a random candidate when its draw
+    is below ``random_split``. ``counted`` [U] (official rule) is updated in place.
 
     Returns
     -------
@@ -228,8 +231,6 @@ def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, 
         small to split -- the released loop skips those and draws again next round -- and
         fewer than 3 splits were counted.
     """
-    U, K = density.shape
-    draw = torch.rand(U, K, generator=generator, device=density.device, dtype=torch.float64)
     splittable = valid & (sizes >= 2)
     drawn = valid & ((density > psi) | (draw < random_split))
     dense = splittable & (density > psi)
@@ -266,7 +267,7 @@ class SplitBatch:
     first_two: Tensor  # [G, 2, D] the two starting points
 
 
-def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, generator,
+def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, streams: UnitStreams,
                 child_init: str = "random") -> SplitBatch:
     """Gather the points of every chosen cluster into chunks, one segment per cluster.
 
@@ -276,7 +277,7 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
     (``child_init="random"``, a uniform pair as in the released code) or at a point drawn
     with probability proportional to its squared distance from the first (``"spread"``,
     k-means++ seeding, Arthur & Vassilvitskii 2007), which keeps both children from
-    starting in one mode.
+    starting in one mode. ``streams`` has one row per unit; each cluster draws from its unit's.
     """
     U, n, D = x.shape
     order = torch.argsort(members, dim=1, stable=True)  # points of no cluster first, then cluster 0, 1, ...
@@ -301,26 +302,27 @@ def split_batch(x: Tensor, members: Tensor, sizes: Tensor, chosen: Tensor, gener
     flat_x = x.reshape(U * n, D)
     chunk_x = flat_x.index_select(0, rows.view(-1)).view(*rows.shape, D).masked_fill_(~mask.unsqueeze(-1), 0.0)
     # a uniform pair of distinct positions in the cluster (sizes >= 2: see choose_splits)
-    u = torch.rand(len(unit), 2, generator=generator, device=x.device, dtype=torch.float64)
+    segment_streams = streams.rows(unit)
+    u = segment_streams.rand(2).to(x.device)
     one = (u[:, 0] * seg_size).long().clamp(max=seg_size - 1)
     other = (u[:, 1] * (seg_size - 1)).long().clamp(max=seg_size - 2)
     pair = torch.stack([one, other + (other >= one).long()], 1)
     first_two = flat_x[flat_order[(unit * n + seg_first).unsqueeze(1) + pair]]
     points = Points.of(chunk_x, owner=owner, mask=mask)
     if child_init == "spread":
-        first_two[:, 1] = _far_point(points, first_two[:, 0], generator)
+        first_two[:, 1] = _far_point(points, first_two[:, 0], segment_streams)
     return SplitBatch(points, unit, parent, first_two)
 
 
-def _far_point(points: Points, first: Tensor, generator) -> Tensor:
+def _far_point(points: Points, first: Tensor, streams: UnitStreams) -> Tensor:
     """Per segment, a point drawn with probability proportional to its squared distance to
-    ``first`` [G, D] (Gumbel-max over the segment's chunks). Returns [G, D]."""
+    ``first`` [G, D] (Gumbel-max over the segment's chunks; ``streams`` by segment). Returns [G, D]."""
     C, L, D = points.x.shape
     G = first.shape[0]
     owner, mask = points.owner, points.mask
     # ||x - f||^2 through the lifted float64 points: no temporary the size of the points
     dist = squared_distances(points, first[owner].unsqueeze(1)).squeeze(1)  # [C, L]
-    u = torch.rand(C, L, generator=generator, device=dist.device, dtype=torch.float64)
+    u = streams.rows(owner).rand(L).to(dist.device)
     key = dist.clamp(min=1e-300).log() - torch.log(-torch.log(u.clamp(1e-300, 1 - 1e-16)))
     key = key.masked_fill(~mask, float("-inf")).flatten()
     seg = owner.repeat_interleave(L)
@@ -412,32 +414,36 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
                    phi: float = 0.5, psi: float = 0.5, random_split: float = 0.5, min_cluster_size: float = 10,
                    split_rule: str = "paper", child_weights: str = "parent", child_init: str = "random",
                    init_means: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> tuple[Mixture, SelectionReport]:
+                   streams: UnitStreams | None = None) -> tuple[Mixture, SelectionReport]:
     """Algorithm 2 for every unit of ``x`` [U, n, D] at once; returns the mixtures [U, K] and a report.
 
     The initial Gaussians sit at ``n_init`` random points of each unit (one per point when
     a unit has fewer), or at ``init_means`` [U, K0, D] when given. Each unit's points are
     first sorted along the data (``along_first_direction``), for speed only: the algorithm
-    is the same for any order, its random draws just pick other points.
+    is the same for any order, its random draws just pick other points. Every unit draws
+    from its own stream of ``streams`` (default: seed 0), so its anchors do not depend on
+    the units fitted beside it, up to floating-point rounding.
     """
     U, n, D = x.shape
+    streams = streams if streams is not None else UnitStreams.seeded(0, U, x.device)
     x = along_first_direction(x)
     points = Points.of(x)
     if init_means is None:
         k0 = max(1, min(n_init, max_components, n))
-        start = torch.multinomial(torch.ones(U, n, device=x.device), k0, replacement=False, generator=generator)
+        start = streams.multinomial(torch.ones(U, n, device=x.device), k0)
         init_means = x.gather(1, repeat(start, "u k -> u k d", d=D))
     mix = settings.start(points, init_means.to(x.dtype))
     with record_function("dyga.initial_em"):  # phase labels for torch.profiler (bench/dyga.py --profile)
-        mix, initial = settings.run(points, mix, generator)
+        mix, initial = settings.run(points, mix, streams)
     mix = mix.padded(max_components)
     counted = torch.zeros(U, dtype=torch.long, device=x.device)
     n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
     splitting = torch.ones(U, dtype=torch.bool, device=x.device)
+    idle = torch.zeros(U, dtype=torch.long, device=x.device)  # consecutive rounds without a split
     child_fits = []
-    rounds = idle = 0
+    rounds = 0
     densities = ComponentDensities(points, max_components)
-    while bool(splitting.any()) and idle < MAX_IDLE_ROUNDS:  # sync once per round
+    while bool(splitting.any()):  # sync once per round
         current = mix.trimmed()
         with record_function("dyga.clusters"):
             members = densities.members(current, phi)  # the clusters of one E-step of ``current``
@@ -445,20 +451,24 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         pad = mix.n_slots - current.n_slots
         density = torch.nn.functional.pad(density, (0, pad), value=float("nan"))
         sizes = torch.nn.functional.pad(sizes, (0, pad))
+        # only units still splitting draw: a unit's stream must not depend on how long others go on
+        live = splitting.nonzero().squeeze(1)
+        draw = torch.ones(U, mix.n_slots, dtype=torch.float64, device=x.device)
+        draw[live] = streams.rows(live).rand(mix.n_slots).to(x.device)
         chosen, going_on = choose_splits(density, sizes, mix.valid, psi=psi, random_split=random_split,
                                          max_components=max_components, rule=split_rule, counted=counted,
-                                         generator=generator)
+                                         draw=draw)
         chosen &= splitting.unsqueeze(1)
-        splitting &= going_on
-        if not bool(chosen.any()):  # a round that drew only unsplittable clusters (official rule)
-            idle += 1
+        # a round that drew only unsplittable clusters (official rule) is idle for its unit
+        idle = torch.where(chosen.any(1), torch.zeros_like(idle), idle + splitting.long())
+        splitting &= going_on & (idle < MAX_IDLE_ROUNDS)
+        if not bool(chosen.any()):
             continue
-        idle = 0
         with record_function("dyga.split_batch"):
-            batch = split_batch(x, members, sizes, chosen, generator, child_init)
+            batch = split_batch(x, members, sizes, chosen, streams, child_init)
         with record_function("dyga.child_em"):
             children = settings.start(batch.points, batch.first_two)
-            children, fit = settings.run(batch.points, children, generator)
+            children, fit = settings.run(batch.points, children, streams.rows(batch.unit))
         child_fits.append(fit)
         merged = merge_children(mix, children, batch, child_weights=child_weights)
         densities.mark(chosen | (merged.valid & ~mix.valid))  # the parents' slots and the new ones
@@ -469,6 +479,6 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     with record_function("dyga.filter"):
         mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
     with record_function("dyga.final_em"):
-        mix, final = settings.run(points, mix, generator)
+        mix, final = settings.run(points, mix, streams)
     return mix, SelectionReport(initial=initial, final=final, n_rounds=rounds, n_splits=n_splits,
                                 n_filtered=n_filtered, child_fits=child_fits)

@@ -47,8 +47,10 @@ from torch import Tensor
 
 from dydis.errors import ConfigError, DataError
 from dydis.dyga.align import align_features, alignment_delta, choose_anchor_weights
-from dydis.dyga.anchors import EMSettings, select_anchors
+from dydis.dyga.anchors import EMSettings
 from dydis.dyga.hddc import RESP_EPS, Mixture, Points, density_terms, log_density
+from dydis.dyga.parallel import default_n_jobs, select_anchors_in_groups
+from dydis.dyga.streams import UnitStreams
 
 #: Format of ``DyGA.state_dict()``; bump when its keys or meanings change.
 STATE_FORMAT = 1
@@ -115,7 +117,13 @@ class DyGA(BaseEstimator):
         see ``align.choose_anchor_weights``.
     means_init : optional [U, K0, D] starting means in raw feature space, instead of
         ``n_init`` random points per unit (as scikit-learn's ``means_init``).
-    random_state : seed of the torch generator used for initialisation, splits and re-seeding.
+    random_state : seed of the random draws (initialisation, splits, re-seeding). Each unit
+        draws from its own stream derived from it (``streams.py``), so a unit's anchors do
+        not depend on the units fitted beside it, up to floating-point rounding.
+    n_jobs : groups of units fitted at once on CPU threads (``parallel.py``); ``None``:
+        torch's intra-op thread count on a CPU, 1 on a GPU. Unlike scikit-learn's ``None``
+        (one job), the default uses the cores torch would use anyway; the result does not
+        depend on it beyond rounding.
 
     Attributes
     ----------
@@ -145,7 +153,8 @@ class DyGA(BaseEstimator):
                  dim_threshold: float = 0.2, n_dims: int | None = None, split_rule: str | None = None,
                  child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
                  hard: bool | None = None, delta_scope: str | None = None, anchor_space: str | None = None,
-                 gumbel_logits: str = "log", means_init: Tensor | None = None, random_state: int | None = 0):
+                 gumbel_logits: str = "log", means_init: Tensor | None = None, random_state: int | None = 0,
+                 n_jobs: int | None = None):
         self.mode = mode
         self.n_init = n_init
         self.max_components = max_components
@@ -171,6 +180,7 @@ class DyGA(BaseEstimator):
         self.gumbel_logits = gumbel_logits
         self.means_init = means_init
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     # ------------------------------------------------------------------------------------------
     # validation
@@ -204,6 +214,8 @@ class DyGA(BaseEstimator):
             (self.gumbel_logits in ("log", "prob"), "gumbel_logits must be 'log' or 'prob'"),
             (isinstance(self.normalize, bool), "normalize must be True or False"),
             (self.random_state is None or isinstance(self.random_state, int), "random_state must be None or an int"),
+            (self.n_jobs is None or (isinstance(self.n_jobs, int) and self.n_jobs >= 1),
+             "n_jobs must be None or an integer >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -256,11 +268,7 @@ class DyGA(BaseEstimator):
         z = (x - hi[:, None, None]) / scale[:, None, None]
         # Centre each unit so float32 projections stay accurate; covariances do not change.
         center = z.mean(1)
-        generator = torch.Generator(device=x.device)
-        if self.random_state is None:
-            generator.seed()
-        else:
-            generator.manual_seed(self.random_state)
+        streams = UnitStreams.seeded(self.random_state, U, x.device)
         init = None
         if self.means_init is not None:
             init = torch.as_tensor(self.means_init, dtype=x.dtype, device=x.device)
@@ -272,11 +280,12 @@ class DyGA(BaseEstimator):
         em = EMSettings(model=settings["covariance"], max_iter=self.max_iter, tol=self.tol, reg=self.reg_covar,
                         dim_threshold=self.dim_threshold, n_dims=self.n_dims, resp_eps=RESP_EPS,
                         init_scale=settings["init_scale"])
-        mix, report = select_anchors(z - center[:, None], em, n_init=self.n_init,
-                                     max_components=self.max_components, phi=self.phi, psi=self.psi,
-                                     random_split=self.random_split, min_cluster_size=self.min_cluster_size,
-                                     split_rule=settings["split_rule"], child_weights=settings["child_weights"],
-                                     child_init=settings["child_init"], init_means=init, generator=generator)
+        n_jobs = self.n_jobs if self.n_jobs is not None else default_n_jobs(x.device)
+        mix, report = select_anchors_in_groups(
+            z - center[:, None], em, n_jobs=n_jobs, streams=streams, n_init=self.n_init,
+            max_components=self.max_components, phi=self.phi, psi=self.psi, random_split=self.random_split,
+            min_cluster_size=self.min_cluster_size, split_rule=settings["split_rule"],
+            child_weights=settings["child_weights"], child_init=settings["child_init"], init_means=init)
         self.settings_ = settings
         self._set_fitted(
             means_=mix.means + center[:, None] * mix.valid[..., None],

@@ -60,6 +60,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from dydis.dyga.streams import UnitStreams
+
 #: Default responsibility threshold of the sparse M-step (see the module docstring).
 RESP_EPS = 1e-8
 #: Soft count below which a component is "empty" and re-seeded: less than one point.
@@ -704,14 +706,15 @@ def _add_runs(out: Tensor, flat_x: Tensor, flat_means: Tensor, resp: Tensor, run
 
 def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float, dim_threshold: float = 0.2,
            n_dims: int | None = None, resp_eps: float = RESP_EPS,
-           generator: torch.Generator | None = None, frozen: Tensor | None = None) -> Mixture:
+           streams: UnitStreams | None = None, frozen: Tensor | None = None) -> Mixture:
     """New means, covariance models and weights of every segment from responsibilities.
 
     A component whose soft count falls below one point is re-seeded on a random point of its
     segment with an isotropic covariance at the mean variance of the segment's other
-    components; this keeps EM alive on degenerate data instead of producing NaNs. Segments
-    marked ``frozen`` [G] (their update is discarded) are never re-seeded, so that they draw
-    nothing from ``generator``.
+    components; this keeps EM alive on degenerate data instead of producing NaNs. The point
+    is drawn from the segment's row of ``streams`` (torch's default generator when ``None``).
+    Segments marked ``frozen`` [G] (their update is discarded) are never re-seeded, so that
+    they draw nothing.
     """
     x = points.x
     D = x.shape[-1]
@@ -738,19 +741,21 @@ def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float
     if frozen is not None:
         empty &= ~frozen.unsqueeze(1)
     if bool(empty.any()):  # sync, rare: only degenerate fits reach this branch
-        new = _reseed(points, new, empty, model=model, n_dims=n_dims, generator=generator)
+        new = _reseed(points, new, empty, model=model, n_dims=n_dims, streams=streams)
     return new
 
 
 def _reseed(points: Points, mix: Mixture, empty: Tensor, *, model: str, n_dims: int | None,
-            generator: torch.Generator | None) -> Mixture:
+            streams: UnitStreams | None) -> Mixture:
     x = points.x
     C, L, D = x.shape
     g, k = empty.nonzero(as_tuple=True)
     owner = torch.arange(C, device=x.device) if points.owner is None else points.owner
     real = torch.ones(C, L, dtype=torch.bool, device=x.device) if points.mask is None else points.mask
     candidates = ((owner.unsqueeze(0) == g.unsqueeze(1)).unsqueeze(-1) & real.unsqueeze(0)).flatten(1)
-    pick = torch.multinomial(candidates.to(x.dtype), 1, generator=generator).squeeze(1)  # [E] in C*L
+    weights = candidates.to(x.dtype)
+    pick = (torch.multinomial(weights, 1) if streams is None else streams.rows(g).multinomial(weights, 1))
+    pick = pick.squeeze(1)  # [E] in C*L
     alive = (mix.valid & ~empty).double()
     # typical variance of the segment: geometric mean of its live components' eigenvalues
     spread = ((mix.log_det.double() / D) * alive).sum(1) / alive.sum(1).clamp(min=1)
@@ -781,7 +786,7 @@ def _reseed(points: Points, mix: Mixture, empty: Tensor, *, model: str, n_dims: 
 
 def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: float, reg: float,
            dim_threshold: float = 0.2, n_dims: int | None = None, resp_eps: float = RESP_EPS,
-           generator: torch.Generator | None = None) -> tuple[Mixture, EMResult]:
+           streams: UnitStreams | None = None) -> tuple[Mixture, EMResult]:
     """EM until every segment's mean log-likelihood per point changes by less than ``tol``.
 
     Each iteration is one E-step and one M-step; converged segments are frozen, so a
@@ -791,7 +796,8 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
     points, and frozen segments add at most a third to the work of the E- and M-steps (the
     child EMs of a split round, where many clusters converge in 2-3 iterations and others
     take 30, did about 2x their live work with a half-batch rule). At most
-    ``max_iter`` M-steps are taken (the authors always take 30).
+    ``max_iter`` M-steps are taken (the authors always take 30). ``streams`` has one row
+    per segment, the source of its re-seeds (``m_step``).
 
     Returns the fitted mixtures and an ``EMResult`` whose ``history`` holds, per E-step,
     each segment's mean log-likelihood per point; the last entry belongs to the returned
@@ -807,7 +813,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
     history: list[Tensor] = []
     ll = torch.zeros(G, dtype=torch.float64, device=device)
     batch = torch.arange(G, device=device)  # the segments whose points are in ``sub``
-    sub, buffer = points, None
+    sub, buffer, sub_streams = points, None, streams
     for it in range(max_iter + 1):
         n_open = int((~converged).sum())  # sync once per iteration
         if n_open == 0:
@@ -815,6 +821,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
         if 4 * n_open <= 3 * len(batch):
             batch = (~converged).nonzero().squeeze(1)
             sub, buffer = points.restrict(batch), None
+            sub_streams = None if streams is None else streams.rows(batch)
         moving = ~converged[batch]
         part = mix.take(batch) if len(batch) < G else mix
         resp, log_lik = e_step(sub, part, buffer)
@@ -829,7 +836,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
             break
         moving = ~converged[batch]
         new = m_step(sub, resp, part, model=model, reg=reg, dim_threshold=dim_threshold, n_dims=n_dims,
-                     resp_eps=resp_eps, generator=generator, frozen=~moving)
+                     resp_eps=resp_eps, streams=sub_streams, frozen=~moving)
         width = max(new.width, mix.width)
         new, mix = new.with_width(width), mix.with_width(width)
         new = new.where(moving, part.with_width(width))
