@@ -51,7 +51,7 @@ def test_component_densities_give_the_clusters_of_a_fresh_e_step_after_slots_cha
     x = torch.randn(2, 400, 4, generator=g)
     points = Points.of(x)
     settings = EMSettings(max_iter=3, init_scale="data")
-    mix, _ = settings.run(points, settings.start(points, x[:, :5].clone()), g)
+    mix, _ = settings.run(points, settings.start(points, x[:, :5].clone()))
     mix = mix.padded(8)
     cache, never_marked = ComponentDensities(points, 8), ComponentDensities(points, 8)
 

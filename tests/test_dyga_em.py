@@ -13,9 +13,8 @@ from torch.distributions import MultivariateNormal
 
 from dydis.dyga import hddc
 from dydis.dyga.anchors import EMSettings
-from dydis.dyga.streams import UnitStreams
 from dydis.dyga.hddc import (Mixture, Points, cattell_dims, density_terms, e_step, full_model,
-                             hddc_model, log_density, scatter_matrices, squared_distances)
+                             hddc_model, isotropic, log_density, m_step, scatter_matrices, squared_distances)
 
 F64 = torch.float64
 
@@ -127,7 +126,7 @@ def run_em(x: torch.Tensor, init: torch.Tensor, model: str, **kw) -> tuple[Mixtu
     """EM on units x [U, n, D] from means init [U, K, D] with covariance I."""
     settings = EMSettings(model=model, **kw)
     points = Points.of(x)
-    return settings.run(points, settings.start(points, init), UnitStreams.seeded(0, x.shape[0]))
+    return settings.run(points, settings.start(points, init))
 
 
 @pytest.mark.parametrize("model", ["hddc", "full"])
@@ -234,6 +233,22 @@ def test_em_survives_degenerate_data(model):
     assert mix.weights.sum().item() == pytest.approx(1.0)
     # the far component was empty, so it was re-seeded on a data point
     assert ((mix.means[0, 3] == 0) | (mix.means[0, 3] == 1)).all()
+
+
+@pytest.mark.parametrize("model", ["hddc", "full"])
+def test_empty_components_restart_on_the_points_explained_worst(model):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 40, 3, generator=g, dtype=F64)
+    log_lik = torch.randn(1, 40, generator=g, dtype=F64)
+    mix = isotropic(1, 3, 3, 1.0, full=model == "full", dtype=F64, device="cpu")
+    mix = mix._replace(valid=torch.ones(1, 3, dtype=torch.bool), weights=torch.full((1, 3), 1 / 3, dtype=F64))
+    resp = torch.zeros(1, 3, 40, dtype=F64)
+    resp[:, 0] = 1.0  # slots 1 and 2 explain nothing
+    new = m_step(Points.of(x), resp, log_lik, mix, model=model, reg=1e-6)
+    worst = log_lik[0].argsort()[:2]
+    assert torch.equal(new.means[0, 1:], x[0, worst])  # the j-th empty slot on the j-th worst point
+    torch.testing.assert_close(new.means[0, 0], x[0].mean(0))
+    torch.testing.assert_close(new.weights.sum(), torch.tensor(1.0, dtype=F64))
 
 
 def test_gpu_eigen_path_matches_the_cpu_subspace_iteration():

@@ -68,11 +68,9 @@ class EMSettings:
     resp_eps: float = RESP_EPS
     init_scale: str = "identity"
 
-    def run(self, points: Points, mix: Mixture, streams: UnitStreams) -> tuple[Mixture, EMResult]:
-        """EM of every segment; ``streams`` has one row per segment (its unit's stream)."""
+    def run(self, points: Points, mix: Mixture) -> tuple[Mixture, EMResult]:
         return fit_em(points, mix, model=self.model, max_iter=self.max_iter, tol=self.tol, reg=self.reg,
-                      dim_threshold=self.dim_threshold, n_dims=self.n_dims, resp_eps=self.resp_eps,
-                      streams=streams)
+                      dim_threshold=self.dim_threshold, n_dims=self.n_dims, resp_eps=self.resp_eps)
 
     def start(self, points: Points, means: Tensor) -> Mixture:
         """Valid components at ``means`` [G, K, D] with equal weights and isotropic covariances.
@@ -434,7 +432,7 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         init_means = x.gather(1, repeat(start, "u k -> u k d", d=D))
     mix = settings.start(points, init_means.to(x.dtype))
     with record_function("dyga.initial_em"):  # phase labels for torch.profiler (bench/dyga.py --profile)
-        mix, initial = settings.run(points, mix, streams)
+        mix, initial = settings.run(points, mix)
     mix = mix.padded(max_components)
     counted = torch.zeros(U, dtype=torch.long, device=x.device)
     n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
@@ -468,7 +466,7 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
             batch = split_batch(x, members, sizes, chosen, streams, child_init)
         with record_function("dyga.child_em"):
             children = settings.start(batch.points, batch.first_two)
-            children, fit = settings.run(batch.points, children, streams.rows(batch.unit))
+            children, fit = settings.run(batch.points, children)
         child_fits.append(fit)
         merged = merge_children(mix, children, batch, child_weights=child_weights)
         densities.mark(chosen | (merged.valid & ~mix.valid))  # the parents' slots and the new ones
@@ -479,6 +477,6 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     with record_function("dyga.filter"):
         mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
     with record_function("dyga.final_em"):
-        mix, final = settings.run(points, mix, streams)
+        mix, final = settings.run(points, mix)
     return mix, SelectionReport(initial=initial, final=final, n_rounds=rounds, n_splits=n_splits,
                                 n_filtered=n_filtered, child_fits=child_fits)

@@ -60,8 +60,6 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from dydis.dyga.streams import UnitStreams
-
 #: Default responsibility threshold of the sparse M-step (see the module docstring).
 RESP_EPS = 1e-8
 #: Soft count below which a component is "empty" and re-seeded: less than one point.
@@ -704,17 +702,20 @@ def _add_runs(out: Tensor, flat_x: Tensor, flat_means: Tensor, resp: Tensor, run
     return work
 
 
-def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float, dim_threshold: float = 0.2,
-           n_dims: int | None = None, resp_eps: float = RESP_EPS,
-           streams: UnitStreams | None = None, frozen: Tensor | None = None) -> Mixture:
+def m_step(points: Points, resp: Tensor, log_lik: Tensor, mix: Mixture, *, model: str, reg: float,
+           dim_threshold: float = 0.2, n_dims: int | None = None, resp_eps: float = RESP_EPS,
+           frozen: Tensor | None = None) -> Mixture:
     """New means, covariance models and weights of every segment from responsibilities.
 
-    A component whose soft count falls below one point is re-seeded on a random point of its
-    segment with an isotropic covariance at the mean variance of the segment's other
-    components; this keeps EM alive on degenerate data instead of producing NaNs. The point
-    is drawn from the segment's row of ``streams`` (torch's default generator when ``None``).
-    Segments marked ``frozen`` [G] (their update is discarded) are never re-seeded, so that
-    they draw nothing.
+    ``resp`` and ``log_lik`` come from the E-step (``e_step``). A component whose soft
+    count falls below one point is re-seeded with an isotropic covariance at the mean
+    variance of the segment's other components, on the point of its segment that the
+    mixture explains worst (lowest ``log_lik``; the j-th empty slot takes the j-th worst),
+    as k-means implementations move an empty cluster to the farthest point. This keeps EM
+    alive on degenerate data instead of producing NaNs. A random point would mostly land
+    where other components already dominate, leave the component empty again, and keep its
+    mixture from converging (seen: one re-seed in each of 29 iterations). Segments marked
+    ``frozen`` [G] (their update is discarded) are never re-seeded.
     """
     x = points.x
     D = x.shape[-1]
@@ -741,21 +742,23 @@ def m_step(points: Points, resp: Tensor, mix: Mixture, *, model: str, reg: float
     if frozen is not None:
         empty &= ~frozen.unsqueeze(1)
     if bool(empty.any()):  # sync, rare: only degenerate fits reach this branch
-        new = _reseed(points, new, empty, model=model, n_dims=n_dims, streams=streams)
+        new = _reseed(points, new, empty, log_lik, model=model, n_dims=n_dims)
     return new
 
 
-def _reseed(points: Points, mix: Mixture, empty: Tensor, *, model: str, n_dims: int | None,
-            streams: UnitStreams | None) -> Mixture:
+def _reseed(points: Points, mix: Mixture, empty: Tensor, log_lik: Tensor, *, model: str,
+            n_dims: int | None) -> Mixture:
     x = points.x
     C, L, D = x.shape
-    g, k = empty.nonzero(as_tuple=True)
+    g, k = empty.nonzero(as_tuple=True)  # in (segment, slot) order
     owner = torch.arange(C, device=x.device) if points.owner is None else points.owner
     real = torch.ones(C, L, dtype=torch.bool, device=x.device) if points.mask is None else points.mask
     candidates = ((owner.unsqueeze(0) == g.unsqueeze(1)).unsqueeze(-1) & real.unsqueeze(0)).flatten(1)
-    weights = candidates.to(x.dtype)
-    pick = (torch.multinomial(weights, 1) if streams is None else streams.rows(g).multinomial(weights, 1))
-    pick = pick.squeeze(1)  # [E] in C*L
+    fit = log_lik.flatten().unsqueeze(0).masked_fill(~candidates, float("inf"))  # [E, C*L]
+    rank = torch.arange(len(g), device=g.device) - torch.searchsorted(g, g)  # among the segment's empty slots
+    rank = torch.minimum(rank, candidates.sum(1) - 1)  # fewer points than empty slots: share the last
+    worst = fit.topk(int(rank.max()) + 1, dim=1, largest=False).indices  # sync, rare
+    pick = worst.gather(1, rank.unsqueeze(1)).squeeze(1)  # [E] in C*L
     alive = (mix.valid & ~empty).double()
     # typical variance of the segment: geometric mean of its live components' eigenvalues
     spread = ((mix.log_det.double() / D) * alive).sum(1) / alive.sum(1).clamp(min=1)
@@ -785,8 +788,8 @@ def _reseed(points: Points, mix: Mixture, empty: Tensor, *, model: str, n_dims: 
 
 
 def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: float, reg: float,
-           dim_threshold: float = 0.2, n_dims: int | None = None, resp_eps: float = RESP_EPS,
-           streams: UnitStreams | None = None) -> tuple[Mixture, EMResult]:
+           dim_threshold: float = 0.2, n_dims: int | None = None,
+           resp_eps: float = RESP_EPS) -> tuple[Mixture, EMResult]:
     """EM until every segment's mean log-likelihood per point changes by less than ``tol``.
 
     Each iteration is one E-step and one M-step; converged segments are frozen, so a
@@ -796,8 +799,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
     points, and frozen segments add at most a third to the work of the E- and M-steps (the
     child EMs of a split round, where many clusters converge in 2-3 iterations and others
     take 30, did about 2x their live work with a half-batch rule). At most
-    ``max_iter`` M-steps are taken (the authors always take 30). ``streams`` has one row
-    per segment, the source of its re-seeds (``m_step``).
+    ``max_iter`` M-steps are taken (the authors always take 30).
 
     Returns the fitted mixtures and an ``EMResult`` whose ``history`` holds, per E-step,
     each segment's mean log-likelihood per point; the last entry belongs to the returned
@@ -813,7 +815,7 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
     history: list[Tensor] = []
     ll = torch.zeros(G, dtype=torch.float64, device=device)
     batch = torch.arange(G, device=device)  # the segments whose points are in ``sub``
-    sub, buffer, sub_streams = points, None, streams
+    sub, buffer = points, None
     for it in range(max_iter + 1):
         n_open = int((~converged).sum())  # sync once per iteration
         if n_open == 0:
@@ -821,7 +823,6 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
         if 4 * n_open <= 3 * len(batch):
             batch = (~converged).nonzero().squeeze(1)
             sub, buffer = points.restrict(batch), None
-            sub_streams = None if streams is None else streams.rows(batch)
         moving = ~converged[batch]
         part = mix.take(batch) if len(batch) < G else mix
         resp, log_lik = e_step(sub, part, buffer)
@@ -835,8 +836,8 @@ def fit_em(points: Points, mix: Mixture, *, model: str, max_iter: int, tol: floa
         if int(steps.max()) >= max_iter or bool(converged.all()):
             break
         moving = ~converged[batch]
-        new = m_step(sub, resp, part, model=model, reg=reg, dim_threshold=dim_threshold, n_dims=n_dims,
-                     resp_eps=resp_eps, streams=sub_streams, frozen=~moving)
+        new = m_step(sub, resp, log_lik, part, model=model, reg=reg, dim_threshold=dim_threshold, n_dims=n_dims,
+                     resp_eps=resp_eps, frozen=~moving)
         width = max(new.width, mix.width)
         new, mix = new.with_width(width), mix.with_width(width)
         new = new.where(moving, part.with_width(width))

@@ -2,14 +2,13 @@
 
 Anchor selection fits the mixtures of many units at once, and the clusters split in a round
 as segments of one EM. Were every draw taken from one shared generator, a unit's random
-choices (starting points, random splits, the children's starting pair, re-seeds) would
+choices (starting points, random splits, the children's starting pair) would
 depend on which other units are fitted beside it: fitting a subset of the units, or the
 units in groups on several threads (``parallel.py``), would change its anchors. So each
 unit draws from its own torch generator, seeded from ``numpy.random.SeedSequence``, whose
 spawned children are independent streams by construction, and every draw names the unit
-(stream) of each of its rows. A unit that stops drawing (it stopped splitting) leaves its
-stream untouched, so what it draws later (re-seeds in the final EM) does not depend on how
-long the others go on.
+(stream) of each of its rows. A unit that stopped splitting draws nothing more, so its
+stream does not depend on how long the others go on.
 """
 
 from __future__ import annotations
