@@ -117,9 +117,10 @@ class DyGA(BaseEstimator):
         see ``align.choose_anchor_weights``.
     means_init : optional [U, K0, D] starting means in raw feature space, instead of
         ``n_init`` random points per unit (as scikit-learn's ``means_init``).
-    random_state : seed of the random draws (initialisation, splits, re-seeding). Each unit
-        draws from its own stream derived from it (``streams.py``), so a unit's anchors do
-        not depend on the units fitted beside it, up to floating-point rounding.
+    random_state : seed of the random draws (starting points, random splits, the children's
+        starting points). Each unit draws from its own stream derived from it
+        (``streams.py``), so a unit's anchors do not depend on the units fitted beside it,
+        up to floating-point rounding.
     n_jobs : groups of units fitted at once on CPU threads (``parallel.py``); ``None``:
         torch's intra-op thread count on a CPU, 1 on a GPU. Unlike scikit-learn's ``None``
         (one job), the default uses the cores torch would use anyway; the result does not
