@@ -120,6 +120,15 @@ def test_a_units_anchors_do_not_depend_on_how_units_are_grouped(mode):
         assert torch.equal(model.n_splits_, batched.n_splits_)
         torch.testing.assert_close(model.anchors_, batched.anchors_, rtol=0, atol=1e-9)
         torch.testing.assert_close(model.log_likelihood_, batched.log_likelihood_, rtol=0, atol=1e-9)
+    # a process fitting units 1 and 3 only (as one rank of several) gets their anchors of the full fit
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        part = DyGA(mode, max_components=10).fit(x[[1, 3]], units=[1, 3])
+    assert torch.equal(part.n_components_, batched.n_components_[[1, 3]])
+    k = int(part.n_components_.max())
+    torch.testing.assert_close(part.anchors_[:, :k], batched.anchors_[[1, 3], :k], rtol=0, atol=1e-9)
+    with pytest.raises(DyGAInputError):
+        DyGA(mode).fit(x[[1, 3]], units=[1, 1])
 
 
 def test_state_dict_round_trips_through_torch_save(fitted):

@@ -10,6 +10,8 @@ from dydis.dyga.streams import UnitStreams
 def test_a_units_stream_depends_on_the_seed_and_its_index_only():
     few, many = UnitStreams.seeded(7, 3), UnitStreams.seeded(7, 20)
     torch.testing.assert_close(few.rand(5), many.rows([0, 1, 2]).rand(5), rtol=0, atol=0)
+    picked = UnitStreams.seeded(7, [5, 2])  # units 5 and 2 of a larger set, as one process of several
+    torch.testing.assert_close(picked.rand(4), UnitStreams.seeded(7, 6).rows([5, 2]).rand(4), rtol=0, atol=0)
     again = UnitStreams.seeded(7, 3).rand(5)
     other_seed = UnitStreams.seeded(8, 3).rand(5)
     assert not torch.equal(again, other_seed)

@@ -120,11 +120,12 @@ class DyGA(BaseEstimator):
     random_state : seed of the random draws (starting points, random splits, the children's
         starting points). Each unit draws from its own stream derived from it
         (``streams.py``), so a unit's anchors do not depend on the units fitted beside it,
-        up to floating-point rounding.
+        up to floating-point rounding (which, as with a different thread count, can still
+        move a unit's fit: see ``parallel.py``).
     n_jobs : groups of units fitted at once on CPU threads (``parallel.py``); ``None``:
         torch's intra-op thread count on a CPU, 1 on a GPU. Unlike scikit-learn's ``None``
-        (one job), the default uses the cores torch would use anyway; the result does not
-        depend on it beyond rounding.
+        (one job), the default uses the cores torch would use anyway; the result depends on
+        it through rounding only.
 
     Attributes
     ----------
@@ -244,7 +245,7 @@ class DyGA(BaseEstimator):
     # ------------------------------------------------------------------------------------------
     # fitting
 
-    def fit(self, features: Tensor, y=None) -> "DyGA":
+    def fit(self, features: Tensor, y=None, units: list[int] | None = None) -> "DyGA":
         """Select anchors for every unit.
 
         Parameters
@@ -252,6 +253,9 @@ class DyGA(BaseEstimator):
         features : [U, n, D] raw feature-extractor outputs (U units, n points, D dims), on
             any device; fitting runs there.
         y : ignored (scikit-learn convention).
+        units : the indices of these U units in a larger set (default 0 to U - 1). Each unit
+            draws from the random stream of its index, so processes that fit disjoint groups
+            of units get the anchors of one fit of all units.
 
         Returns
         -------
@@ -269,7 +273,9 @@ class DyGA(BaseEstimator):
         z = (x - hi[:, None, None]) / scale[:, None, None]
         # Centre each unit so float32 projections stay accurate; covariances do not change.
         center = z.mean(1)
-        streams = UnitStreams.seeded(self.random_state, U, x.device)
+        if units is not None and (len(units) != U or len(set(units)) != U or min(units) < 0):
+            raise DyGAInputError(f"units must be {U} distinct indices >= 0, one per unit of features, got {units}")
+        streams = UnitStreams.seeded(self.random_state, U if units is None else units, x.device)
         init = None
         if self.means_init is not None:
             init = torch.as_tensor(self.means_init, dtype=x.dtype, device=x.device)

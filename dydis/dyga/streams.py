@@ -31,9 +31,14 @@ class UnitStreams:
         self.generators = tuple(generators)
 
     @classmethod
-    def seeded(cls, seed: int | None, n_units: int, device: torch.device | str = "cpu") -> "UnitStreams":
-        """``n_units`` independent streams from ``seed`` (fresh OS entropy when ``None``)."""
-        children = np.random.SeedSequence(seed).spawn(n_units)
+    def seeded(cls, seed: int | None, units: int | Sequence[int], device: torch.device | str = "cpu") -> "UnitStreams":
+        """Independent streams from ``seed`` (fresh OS entropy when ``None``) for ``units``: a
+        count (units 0 to n - 1) or the units' indices in the full set, so that a process
+        fitting some of the units draws what a single process fitting all of them would."""
+        root = np.random.SeedSequence(seed)
+        ids = range(units) if isinstance(units, int) else units
+        # the children that root.spawn would make, picked by index
+        children = [np.random.SeedSequence(root.entropy, spawn_key=root.spawn_key + (int(u),)) for u in ids]
         generators = []
         for child in children:
             generator = torch.Generator(device=device)
