@@ -202,19 +202,16 @@ class Points(NamedTuple):
 
     ``owner[c]`` is the segment (mixture) of chunk c, ``None`` when chunk c is segment c.
     ``mask`` marks real points (``None``: all are real); padded points take no part.
-    ``lifted`` gives a block of points as the float64 rows (x, 1, ||x||^2): one matmul with
-    the rows of ``distance_rows`` then gives ``c - a ||x - mu||^2 / 2`` for every point and
+    ``lifted`` holds each point as the float64 row (x, 1, ||x||^2): one matmul with the rows
+    of ``distance_rows`` then gives ``c - a ||x - mu||^2 / 2`` for every point and
     component, exact in float64 where the covariance floor (1e-6) is far below the
-    features' squared norm. The rows are built per block from ``x`` (exact: float32 to
-    float64 loses nothing) and the stored squared norms: kept for all points, they would
-    be read from memory in every E-step at 272 bytes a point, which made the E-step's
-    distance matmul about 20% slower than on rows built in cache, and copying them made
-    ``restrict`` three times as slow. Matmuls that want points as columns take transposed
-    views: BLAS reads them as fast as a transposed copy.
+    features' squared norm. Matmuls that want points as columns take transposed views:
+    BLAS reads them as fast as a transposed copy, and a copy of 100,000 points x 20 units
+    costs more than the matmuls it would serve.
     """
 
     x: Tensor  # [C, L, D]  compute dtype (float32, or float64 when given float64)
-    sq_norm: Tensor  # [C, L]  float64 ||x||^2
+    lifted: Tensor  # [C, L, D + 2]  float64 (x, 1, ||x||^2)
     owner: Tensor | None = None  # [C] long
     mask: Tensor | None = None  # [C, L] bool
 
@@ -222,22 +219,15 @@ class Points(NamedTuple):
     def of(cls, x: Tensor, owner: Tensor | None = None, mask: Tensor | None = None) -> "Points":
         x = x.contiguous()
         if x.requires_grad:
-            sq_norm = x.double().square().sum(-1)
-        else:
-            sq_norm = torch.linalg.vector_norm(x, dim=-1, dtype=torch.float64).square_()
-        return cls(x, sq_norm, owner, mask)
-
-    def lifted(self, start: int = 0, stop: int | None = None) -> Tensor:
-        """Points ``start:stop`` of every chunk as float64 rows (x, 1, ||x||^2): [C, L', D + 2]."""
-        x, sq_norm = self.x[:, start:stop], self.sq_norm[:, start:stop]
-        if x.requires_grad or sq_norm.requires_grad:
-            return torch.cat([x.double(), torch.ones_like(sq_norm).unsqueeze(-1), sq_norm.unsqueeze(-1)], -1)
-        C, n, D = x.shape
-        rows = torch.empty(C, n, D + 2, dtype=torch.float64, device=x.device)
-        rows[..., :D] = x
-        rows[..., D] = 1.0
-        rows[..., D + 1] = sq_norm
-        return rows
+            x64 = x.double()
+            lifted = torch.cat([x64, torch.ones_like(x64[..., :1]), x64.square().sum(-1, keepdim=True)], -1)
+        else:  # filled in place, without float64 temporaries the size of the points
+            C, L, D = x.shape
+            lifted = torch.empty(C, L, D + 2, dtype=torch.float64, device=x.device)
+            lifted[..., :D] = x
+            lifted[..., D] = 1.0
+            lifted[..., D + 1] = torch.linalg.vector_norm(lifted[..., :D], dim=-1).square_()
+        return cls(x, lifted, owner, mask)
 
     @property
     def n_segments(self) -> int:
@@ -265,7 +255,7 @@ class Points(NamedTuple):
             renumber = torch.cumsum(keep.long(), 0) - 1
             owner = renumber[self.owner[chunks]]
         mask = None if self.mask is None else self.mask[chunks]
-        return Points(self.x[chunks], self.sq_norm[chunks], owner, mask)
+        return Points(self.x[chunks], self.lifted[chunks], owner, mask)
 
     def per_chunk(self, values: Tensor) -> Tensor:
         """Per-segment values [G, ...] repeated for each chunk: [C, ...]."""
@@ -285,16 +275,9 @@ def distance_rows(means: Tensor, alpha: Tensor, const: Tensor) -> Tensor:
 
 def squared_distances(points: Points, means: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
     """||x_i - mu_k||^2 in float64 for points ``start:stop`` of every chunk and ``means``
-    [C, K, D] (one set per chunk): [C, K, L'], lifting the points block by block."""
+    [C, K, D] (one set per chunk): [C, K, L']."""
     rows = distance_rows(means, means.new_full(means.shape[:-1], -2.0), means.new_zeros(means.shape[:-1]))
-    C, L, D = points.x.shape
-    start, stop = range(L)[start:stop].start, range(L)[start:stop].stop
-    out = rows.new_empty(C, rows.shape[1], stop - start)
-    step = max(1, block_elements(points.x.device) // (C * (D + 2)))
-    for first in range(start, stop, step):
-        last = min(stop, first + step)
-        out[:, :, first - start:last - start] = torch.bmm(rows, points.lifted(first, last).transpose(1, 2))
-    return out.clamp_(min=0)
+    return torch.bmm(rows, points.lifted[:, start:stop].transpose(1, 2)).clamp_(min=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -550,12 +533,12 @@ def log_density(points: Points, terms: _Terms, start: int = 0, stop: int | None 
     C, D, nb = xt.shape
     K = terms.rows.shape[1]
     if terms.need_dist:  # const - alpha ||x - mu||^2 / 2, in float64
-        logp = torch.bmm(terms.rows, points.lifted(start, stop).transpose(1, 2)).to(xt.dtype)
+        logp = torch.bmm(terms.rows, points.lifted[:, start:stop].transpose(1, 2)).to(xt.dtype)
     else:
         logp = terms.rows[..., D].unsqueeze(-1).to(xt.dtype).expand(C, K, nb)
     if not terms.proj.shape[1]:
         return logp if terms.need_dist else logp.clone()
-    grad = torch.is_grad_enabled() and (xt.requires_grad or points.sq_norm.requires_grad)
+    grad = torch.is_grad_enabled() and (xt.requires_grad or points.lifted.requires_grad)
     total = None
     for j0, j1, cols in terms.layers:  # sum_j (w_kj . x - w_kj . mu_k)^2 over the shared layers
         rows = slice(j0 * K, j1 * K)
