@@ -264,6 +264,8 @@ class DyGA(BaseEstimator):
         settings = self._resolved()
         x = self._check_features(features, "features").detach()
         U, n, D = x.shape
+        if units is not None and (len(units) != U or len(set(units)) != U or min(units) < 0):
+            raise DyGAInputError(f"units must be {U} distinct indices >= 0, one per unit of features, got {units}")
         if self.normalize:
             # one max and one min per unit, over all its points and dims (as the released code)
             hi = x.amax((1, 2))
@@ -273,8 +275,6 @@ class DyGA(BaseEstimator):
         z = (x - hi[:, None, None]) / scale[:, None, None]
         # Centre each unit so float32 projections stay accurate; covariances do not change.
         center = z.mean(1)
-        if units is not None and (len(units) != U or len(set(units)) != U or min(units) < 0):
-            raise DyGAInputError(f"units must be {U} distinct indices >= 0, one per unit of features, got {units}")
         streams = UnitStreams.seeded(self.random_state, U if units is None else units, x.device)
         init = None
         if self.means_init is not None:
