@@ -89,6 +89,16 @@ def test_unit_mlps_batched_equal_a_loop_over_units():
         torch.testing.assert_close(batched[:, i], alone)
 
 
+def test_unit_mlp_gradients_keep_the_weights_layout():
+    # DDP buckets gradients with the parameters' strides and warns on every step otherwise;
+    # the first layer (1 input per unit) is where einsum used to break that
+    mlps = FeatureExtractor(FEATURE_EXTRACTOR_PRESETS["tiny"]).unit_mlps
+    assert mlps.layers[0].weight.shape[1] == 1
+    mlps(torch.randn(3, mlps.layers[0].weight.shape[0])).square().sum().backward()
+    for param in mlps.parameters():
+        assert param.grad.stride() == param.stride()
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 def test_unet_shapes(preset):
     unet = UNet(UNET_PRESETS[preset]).eval()

@@ -38,7 +38,10 @@ class GroupedLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:  # (b, g, i) -> (b, g, o)
-        return torch.einsum("bgi,gio->bgo", x, self.weight) + self.bias
+        # bmm over groups rather than einsum: with i = 1 (the first layer) einsum's weight
+        # gradient comes back with other strides than the weight, which DDP reports as a
+        # broken gradient layout contract on every step
+        return torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1) + self.bias
 
 
 class UnitMLPs(nn.Module):
