@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -193,3 +195,23 @@ def test_float32_features_fit_in_float32():
     assert out.dtype == torch.float32
     out.sum().backward()
     assert torch.isfinite(c.grad).all()
+
+
+def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## DyGA on its own", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # the example saves anchors.pt
+    names: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # uniform noise needs more than 30 iterations
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(code, "README.md", "exec"), names)
+    dyga, batch = names["dyga"], names["batch"]
+    assert names["aligned"].shape == batch.shape
+    names["aligned"].sum().backward()
+    assert batch.grad is not None and bool(batch.grad.abs().sum() > 0)
+    torch.testing.assert_close(names["resp"].sum(-1), torch.ones(64, 4))
+    restored = DyGA().load_state_dict(torch.load(tmp_path / "anchors.pt"))
+    torch.testing.assert_close(restored.responsibilities(batch.detach()), names["resp"])
+    assert dyga.n_components_.shape == (4,)
