@@ -197,14 +197,15 @@ def test_units_frozen_in_the_batch_do_not_change_the_others():
 
 @pytest.mark.parametrize("resp_eps", [0.0, 1e-3])
 @pytest.mark.parametrize("block", [None, 64])
-def test_scatter_matrices_equal_the_dense_weighted_sums(resp_eps, block, monkeypatch):
+@pytest.mark.parametrize("K", [3, 2])  # 2 slots (split children) take the in-place route
+def test_scatter_matrices_equal_the_dense_weighted_sums(resp_eps, block, K, monkeypatch):
     # three segments spread over chunks of unequal use (segment 1 owns two chunks), padded
     # points masked out, responsibilities with many small entries; with tiny blocks the
     # chunks come in several groups and runs are longer than a piece of pairs
     if block is not None:
         monkeypatch.setitem(hddc._BLOCK_ELEMENTS, "cpu", block)
     g = torch.Generator().manual_seed(3)
-    C, K, L, D = 4, 3, 50, 5
+    C, L, D = 4, 50, 5
     x = torch.randn(C, L, D, generator=g, dtype=F64)
     owner = torch.tensor([0, 1, 1, 2])
     mask = torch.ones(C, L, dtype=torch.bool)
