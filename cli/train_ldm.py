@@ -68,6 +68,11 @@ def train_ldm(
     batch_size: Annotated[Optional[int], typer.Option(help="Images per process [default: 512; celeba 64].",
                                                       show_default=False)] = None,
     gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU.", show_default=False)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Every N steps and at the last, FactorVAE / DCI / MIG of the "
+                                                           "extractor on a fixed subsample (--set eval_rows=2000, "
+                                                           "eval_metrics) into train_log.csv and disentanglement.png; "
+                                                           "needs factors [default: 0 = off].",
+                                                      show_default=False)] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the U-Net.",
                                                      show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run's last checkpoint.")] = False,
@@ -97,7 +102,7 @@ def train_ldm(
     if dyga is not None and quantizer is None:
         quantizer = "dyga" if dyga else "none"
     flags = dict(dataset=dataset, data=data, vqgan=vqgan, preset=preset, quantizer=quantizer, max_steps=max_steps,
-                 epochs=epochs, batch_size=batch_size, gpus=gpus, compile=compile_, seed=seed,
+                 epochs=epochs, batch_size=batch_size, gpus=gpus, compile=compile_, eval_every=eval_every, seed=seed,
                  **_nested(feature_extractor={"latent_units": latent_units},
                            dyga={"mode": dyga_mode, "every": dyga_every, "lam": lambda_},
                            unet={"skip_dropout": skip_dropout, "skip_dropout_levels": _levels(skip_dropout_levels),

@@ -339,6 +339,9 @@ class TrainLDMConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     sample_images: int = 8  # images in samples.png
+    eval_every: int = 0  # steps between FactorVAE / DCI / MIG of the extractor on a subsample; 0 = off
+    eval_rows: int = 2_000  # that subsample's rows (seeded, the same all run); the metrics' sample counts scale to it
+    eval_metrics: tuple[Literal["factor_vae", "dci", "mig"], ...] = ("factor_vae", "dci", "mig")  # DCI: most of the time
     seed: int = 42
 
     @staticmethod
@@ -363,6 +366,10 @@ class TrainLDMConfig:
         for key in ("log_every", "checkpoint_every", "sample_images"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")
+        if self.eval_every < 0 or self.eval_rows < 10 or not self.eval_metrics:
+            raise ConfigError(f"config keys eval_every / eval_rows / eval_metrics: expected eval_every >= 0 (0 = off), "
+                              f"eval_rows >= 10 and a metric, found {self.eval_every}, {self.eval_rows} and "
+                              f"{list(self.eval_metrics)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"config key batch_size: expected at least 1, found {self.batch_size}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:

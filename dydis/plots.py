@@ -10,13 +10,17 @@ matplotlib.use("Agg")  # why: no display on training machines; must precede pypl
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def loss_curves(rows: list[dict], columns: list[str], path: Path, title: str) -> None:
-    """One panel per column against the step."""
+def loss_curves(rows: list[dict], columns: list[str], path: Path, title: str, *, scores: tuple[str, ...] = (),
+                marker: str | None = None) -> None:
+    """One panel per column against the step; the ``scores`` columns on a fixed [0, 1] axis, so
+    a small change does not fill the panel."""
     present = [c for c in columns if any(c in r for r in rows)]
     fig, axes = plt.subplots(1, max(1, len(present)), figsize=(3.2 * max(1, len(present)), 2.8), squeeze=False)
     steps = [float(r["step"]) for r in rows]
     for ax, column in zip(axes[0], present):
-        ax.plot(steps, [float(r.get(column, "nan") or "nan") for r in rows], lw=1.2)
+        ax.plot(steps, [float(r.get(column, "nan") or "nan") for r in rows], lw=1.2, marker=marker, markersize=3)
+        if column in scores:
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(column, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -28,6 +28,7 @@ from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
 from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
 from dydis.training.csvlog import read_rows
+from dydis.training.monitor import DisentanglementMonitor
 from dydis.viz.sampler import Sampler
 
 STAGE = "train-ldm"
@@ -82,6 +83,9 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
         with progress.task("loading images", total=1, unit="file") as task:
             images = data.images[()]
             task.advance(1)
+        monitor = DisentanglementMonitor(images, data.factors, data.factor_sizes, data.factor_names,
+                                         every=cfg.eval_every, rows=cfg.eval_rows, metrics=cfg.eval_metrics
+                                         ) if cfg.eval_every else None
     latents, scale = load_latents(vqgan_artifact, len(images), cfg)
     world = max(1, cfg.gpus)
     if len(images) < cfg.batch_size * world:
@@ -89,7 +93,8 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
                           f"{len(images)} images of {data_artifact.ref}")
     started = time.perf_counter()
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
-           torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None)
+           torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None,
+           monitor)
     train_seconds = time.perf_counter() - started
     if not publishes_results():
         return None
@@ -110,6 +115,13 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
         if rounds:
             shutil.copy(run_dir / training.ROUNDS_CSV, writer.dir / "dyga_rounds.csv")
         loss_curves(log_rows, ["loss"], writer.dir / "loss.png", f"train-ldm {name}")
+        if monitor is not None:
+            evaluated = [row for row in log_rows if row.get("eval_seconds")]
+            loss_curves(evaluated, monitor.columns, writer.dir / "disentanglement.png",
+                        f"train-ldm {name}: on {len(monitor.rows)} rows, scaled protocol (not eval-metrics')",
+                        scores=tuple(c for c in monitor.columns if c != "factor_vae_active"), marker="o")
+            writer.results["disentanglement_while_training"] = {
+                **monitor.describe(), "last": {k: float(evaluated[-1][k]) for k in monitor.columns}}
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
             _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, cfg, device, writer.dir / "samples.png")
             task.advance(1)

@@ -158,3 +158,46 @@ def test_models_of_another_dataset_are_refused(store, ldm_artifact):
                                  "--root", str(store)])
     assert result.exit_code == 2 and "was trained on prepare-data/synthetic@v1, not on prepare-data/other@v1" in (
         result.stderr)
+
+
+def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
+    """--eval-every: the scores in train_log.csv, disentanglement.png and the scaled protocol in
+    the manifest; the last scores are evaluate's on the representation eval-metrics computes
+    from the published model (the dataset's 64 rows are fewer than eval_rows: all of them)."""
+    import numpy as np
+
+    from dydis.data.standard import DatasetFile
+    from dydis.metrics import GroundTruth, evaluate
+    from dydis.training.csvlog import read_rows
+
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--eval-every", "3", "--name",
+                                 "monitored", "--root", str(store), "--runs", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = result.stdout.strip()
+    manifest = yaml.safe_load(open(f"{path}/manifest.yaml"))
+    assert "disentanglement.png" in manifest["files"] and manifest["config"]["eval_every"] == 3
+    protocol = manifest["results"]["disentanglement_while_training"]
+    assert protocol["rows"] == 64 and protocol["options"]["dci"] == {"n_train": 64, "n_test": 32}
+    log = read_rows(tmp_path / "train-ldm" / "monitored" / "train_log.csv")
+    assert [r["step"] for r in log if r["eval_seconds"]] == ["3", "4"]  # every 3rd step and the last
+    assert protocol["last"] == {k: float(log[-1][k]) for k in protocol["last"]}
+
+    scored = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/monitored", "--metrics", "mig", "--n-jobs",
+                                 "1", "--root", str(store)])
+    assert scored.exit_code == 0, scored.output
+    with np.load(f"{scored.stdout.strip()}/reps.npz") as reps:
+        codes = reps["codes"].astype(np.float64)
+    data_path = next(i["path"] for i in manifest["inputs"] if i["role"] == "data")
+    with DatasetFile(f"{data_path}/data.h5") as data:
+        truth = GroundTruth(data.factors, data.factor_sizes)
+    expected = evaluate(codes, truth, metrics=protocol["metrics"], options=protocol["options"])
+    assert protocol["last"] == pytest.approx(dict(expected), abs=1e-9)
+    assert "step 4, 64 rows: factor_vae" in " ".join(result.stderr.split())
+
+
+def test_train_ldm_refuses_evaluation_without_varying_factors(store, tmp_path):
+    result = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--eval-every", "2", "--root",
+                                 str(store), "--runs", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "the factors ['scale'] take a single value" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

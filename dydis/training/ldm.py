@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +44,9 @@ from dydis.progress import Progress, SilentProgress
 from dydis.training.batches import BatchStream, to_model_input
 from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
 from dydis.training.csvlog import CsvLog
+
+if TYPE_CHECKING:
+    from dydis.training.monitor import DisentanglementMonitor
 
 CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "train_log.csv"
@@ -194,12 +197,15 @@ def _stop_requests() -> Iterator[Callable[[], bool]]:
 
 
 def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, train_rows: Tensor, run_dir: Path,
-        resume: bool, progress: Progress | None = None) -> LatentDiffusion:
+        resume: bool, progress: Progress | None = None, monitor: DisentanglementMonitor | None = None
+        ) -> LatentDiffusion:
     """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's model (the live
     U-Net, not the EMA). The final state, EMA included, is also saved as the checkpoint.
 
     ``images`` is the dataset, uint8 (n, 64, 64, 3); ``latents`` its cached VQ latents already
-    multiplied by the scale factor, (n, c, h, w); ``train_rows`` the rows to train on.
+    multiplied by the scale factor, (n, c, h, w); ``train_rows`` the rows to train on. A
+    ``monitor`` adds the disentanglement scores to the log rows of the steps it is due (main
+    process only: the others wait for it in the next step's all-reduce).
     """
     if cfg.batch_size is None or cfg.dyga.every is None:
         raise ConfigError("batch_size and dyga.every must be set: resolve the config with for_dataset() first")
@@ -242,6 +248,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
                 "anchors": None if anchors is None else anchors.state_dict(), "step": at_step,
                 "dyga_rounds": rounds, "config": cfg})
 
+    monitor = monitor if ctx.is_main else None
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step) if ctx.is_main else None
     seen, train_seconds, window = 0, 0.0, []
@@ -281,10 +288,13 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
             train_seconds += time.perf_counter() - tick
             window.append(loss_value)
             task.advance(1)
-            if step % cfg.log_every == 0 or step == steps:
+            evaluating = monitor is not None and monitor.due(step, steps)
+            if step % cfg.log_every == 0 or step == steps or evaluating:
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": sum(window) / len(window),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(seen / train_seconds, 1),
                        "anchors": "" if anchors is None else " ".join(map(str, anchors.n_components))}
+                if evaluating:
+                    row.update(monitor.evaluate(model, device, step, progress))
                 window = []
                 task.update(description=f"train-ldm loss {row['loss']:.4f}")
                 if logger is not None:
