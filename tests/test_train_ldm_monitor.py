@@ -152,3 +152,23 @@ def test_a_dataset_without_varying_factors_is_refused(sizes, names, message):
     factors = np.zeros((4, len(sizes)), np.int64)
     with pytest.raises(ConfigError, match=message):
         DisentanglementMonitor(images, factors, sizes, names, every=1, rows=10)
+
+
+def test_visualize_curves_reads_and_draws_the_scores(tmp_path):
+    """The curves figure gets a row of score panels when a run was evaluated while training;
+    rows without an evaluation (blank scores) are skipped, and a run without any draws none."""
+    from PIL import Image
+
+    from dydis.viz.curves import SCORE_COLUMNS, run_curves
+    from dydis.viz.figures import training_curves
+
+    base = {"step": "1", "epoch": "0.5", "loss": "0.8", "eval_seconds": ""}
+    scored = {**base, "step": "2", "epoch": "1.0", "eval_seconds": "0.5", "factor_vae_active": "3.0",
+              **{k: str(0.1 * (i + 1)) for i, k in enumerate(SCORE_COLUMNS)}}
+    with_scores = run_curves("a", [{**base, **{k: "" for k in SCORE_COLUMNS}}, scored], [])
+    without = run_curves("b", [base], [])
+    assert with_scores.score_epochs.tolist() == [1.0] and list(with_scores.scores) == list(SCORE_COLUMNS)
+    assert with_scores.scores["mig"].tolist() == [float(scored["mig"])] and without.scores == {}
+    training_curves([with_scores, without], tmp_path / "with.png", "t")
+    training_curves([without], tmp_path / "without.png", "t")
+    assert Image.open(tmp_path / "with.png").size[1] > 1.8 * Image.open(tmp_path / "without.png").size[1]

@@ -1,12 +1,17 @@
-"""Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, and how many
-anchors each unit's DyGA round kept, from an ldm artifact's ``train_log.csv`` and
-``dyga_rounds.csv`` rows."""
+"""Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, how many
+anchors each unit's DyGA round kept, and the disentanglement scores evaluated while training
+(``--eval-every``), from an ldm artifact's ``train_log.csv`` and ``dyga_rounds.csv`` rows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from dydis.training.monitor import SCORES
+
+# the scores in [0, 1]; factor_vae_active counts codes
+SCORE_COLUMNS = tuple(key for keys in SCORES.values() for key in keys if key != "factor_vae_active")
 
 
 @dataclass(frozen=True)
@@ -16,13 +21,19 @@ class RunCurves:
     loss: np.ndarray  # (n_logs,) mean training loss since the previous log line
     round_epochs: np.ndarray  # (n_rounds,) epoch after which each DyGA round ran
     anchors: np.ndarray  # (n_rounds, N) int, anchors per unit of each round; (0, 0) without DyGA
+    score_epochs: np.ndarray  # (n_evals,) epoch of each disentanglement evaluation
+    scores: dict[str, np.ndarray]  # SCORE_COLUMNS evaluated -> (n_evals,); empty without --eval-every
 
 
 def run_curves(label: str, log_rows: list[dict[str, str]], round_rows: list[dict[str, str]]) -> RunCurves:
     """Curves from the CSV rows (dicts of strings) of one run's training log and DyGA rounds."""
     rounds = [[int(k) for k in r["anchors"].split()] for r in round_rows]
+    evaluated = [r for r in log_rows if r.get("eval_seconds")]
+    names = [k for k in SCORE_COLUMNS if evaluated and evaluated[0].get(k)]
     return RunCurves(label=label,
                      epochs=np.array([float(r["epoch"]) for r in log_rows]),
                      loss=np.array([float(r["loss"]) for r in log_rows]),
                      round_epochs=np.array([float(r["epoch"]) for r in round_rows]),
-                     anchors=np.array(rounds, dtype=np.int64) if rounds else np.zeros((0, 0), np.int64))
+                     anchors=np.array(rounds, dtype=np.int64) if rounds else np.zeros((0, 0), np.int64),
+                     score_epochs=np.array([float(r["epoch"]) for r in evaluated]),
+                     scores={k: np.array([float(r[k]) for r in evaluated]) for k in names})

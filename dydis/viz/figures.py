@@ -122,9 +122,13 @@ def _class_ticks(classes: int) -> np.ndarray:
 
 def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
     """The loss of every run against the epoch, and for each run with DyGA rounds a map of the
-    anchors per unit (units down, rounds across, the count written in each cell)."""
+    anchors per unit (units down, rounds across, the count written in each cell); below, when
+    runs were evaluated while training, one panel per score, one line per run, on [0, 1]."""
     with_rounds = [run for run in runs if len(run.anchors)]
-    fig, axes = plt.subplots(1, 1 + len(with_rounds), figsize=(4.2 * (1 + len(with_rounds)), 3.4), squeeze=False)
+    score_names = list(dict.fromkeys(name for run in runs for name in run.scores))
+    columns = max(1 + len(with_rounds), len(score_names))
+    fig, axes = plt.subplots(1 + bool(score_names), columns, figsize=(4.2 * columns, 3.4 * (1 + bool(score_names))),
+                             squeeze=False)
     loss_ax = axes[0, 0]
     for run in runs:
         loss_ax.plot(run.epochs, run.loss, lw=1.2, label=run.label)
@@ -135,6 +139,16 @@ def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
     loss_ax.legend(fontsize=6)
     for ax, run in zip(axes[0, 1:], with_rounds):
         _anchor_map(ax, run)
+    for ax, name in zip(axes[1:, :].flat, score_names):
+        for run in runs:
+            if name in run.scores:
+                ax.plot(run.score_epochs, run.scores[name], lw=1.2, marker="o", markersize=3, label=run.label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title(f"{name} (while training, subsample)", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in [*axes[0, 1 + len(with_rounds):], *axes[1:, len(score_names):].flat]:
+        ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI + 10)
