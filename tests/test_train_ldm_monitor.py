@@ -172,3 +172,36 @@ def test_visualize_curves_reads_and_draws_the_scores(tmp_path):
     training_curves([with_scores, without], tmp_path / "with.png", "t")
     training_curves([without], tmp_path / "without.png", "t")
     assert Image.open(tmp_path / "with.png").size[1] > 1.8 * Image.open(tmp_path / "without.png").size[1]
+
+
+class _RecordingMonitor(DisentanglementMonitor):
+    """Leaves a file per process that evaluated (spawned processes share only the disk)."""
+
+    def evaluate(self, model, device, step, progress=None):
+        (self.run_dir / f"evaluated_by_rank_{torch.distributed.get_rank()}_at_{step}").touch()
+        return super().evaluate(model, device, step, progress)
+
+
+def _ddp_worker(ctx, cfg, images, latents, rows, run_dir, monitor):
+    model = training.fit(ctx, cfg, images, latents, rows, run_dir, resume=False, monitor=monitor)
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.zeros_like(checksum) for _ in range(ctx.world_size)]
+    torch.distributed.all_gather(gathered, checksum)
+    if ctx.is_main:
+        torch.save(torch.stack(gathered), run_dir / "sums.pt")
+
+
+def test_with_two_processes_only_the_main_one_evaluates(tmp_path):
+    from dydis.distributed import launch
+
+    images, latents, rows = _data()
+    monitor = _RecordingMonitor(images.numpy(), grid_factors(SIZES), SIZES, list("abcde"), every=1, rows=32,
+                                metrics=("mig",))
+    monitor.run_dir = tmp_path
+    launch(_ddp_worker, 2, "gloo", _config(max_steps=2, batch_size=4, log_every=2), images, latents, rows, tmp_path,
+           monitor)
+    assert sorted(p.name for p in tmp_path.glob("evaluated_by_*")) == ["evaluated_by_rank_0_at_1",
+                                                                      "evaluated_by_rank_0_at_2"]
+    assert [(r["step"], bool(r["mig"])) for r in _log(tmp_path)] == [("1", True), ("2", True)]
+    sums = torch.load(tmp_path / "sums.pt")
+    torch.testing.assert_close(sums[0], sums[1], rtol=0, atol=1e-9)  # the processes stayed in step
