@@ -41,6 +41,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML reads it (``0.2`` a float, ``[1, 2]`` a list); text that is
+    not YAML stays the text it is, an empty value the empty string."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
     """Turn ``["a.b=3", "c=x"]`` into a nested dict; values are parsed as YAML scalars/lists."""
     nested: dict[str, Any] = {}
@@ -49,10 +58,7 @@ def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {assignment!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_value(raw)
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
