@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from dydis.cli.common import DebugOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.report import summary_table
 from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
 
@@ -80,15 +81,17 @@ def run(
     outcomes = []
     for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
                            until=until, progress=RichProgress()):
-        label = escape(_label(outcome))  # a sweep point's [label] is text, not rich markup
         if outcome.status == "up to date":
-            console.print(f"{label}: up to date ({outcome.artifact.ref})", highlight=False)
+            console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:
-            console.print(f"[green]{label}:[/] wrote {outcome.artifact.ref} in {outcome.seconds:.1f} s",
+            console.print(f"[green]{_label(outcome)}:[/] wrote {outcome.artifact.ref} in {outcome.seconds:.1f} s",
                           highlight=False)
         outcomes.append(outcome)
+    reports = [outcome.artifact for outcome in outcomes if outcome.artifact.kind == "report"]
     metrics = _metrics_table(outcomes)
-    if metrics.row_count:
+    if reports:  # the same scores, per variant and against the baseline
+        console.print(summary_table(reports[-1].results, title=reports[-1].ref))
+    elif metrics.row_count:
         console.print(metrics)
     console.print(_times_table(outcomes, plan))
     emit_result(outcomes[-1].artifact.path)
@@ -125,7 +128,8 @@ def _times_table(outcomes: list[Outcome], plan: Workflow) -> Table:
 
 
 def _label(outcome: Outcome) -> str:
-    """The stage id, the sweep point of a job run per point and the seed of a seeded stage's job."""
-    point = "" if outcome.point is None else f" [{outcome.point}]"
+    """The stage id, the sweep point of a job run per point and the seed of a seeded stage's job,
+    as rich markup (the point's brackets escaped: they are text)."""
+    point = "" if outcome.point is None else escape(f" [{outcome.point}]")
     seed = "" if outcome.seed is None else f" (seed {outcome.seed})"
     return f"{outcome.step}{point}{seed}"

@@ -505,3 +505,21 @@ class VisualizeConfig:
             raise ConfigError(f"config key steps: expected at least 2 (both ends), found {self.steps}")
         if self.gpus < 0:
             raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """`report`: the variants of a sweep side by side, from the artifacts that scored their models."""
+
+    metrics: tuple[str, ...] = ()  # eval-metrics artifacts; a glob in the name takes every match: eval-metrics/study-*
+    downstream: tuple[str, ...] = ()  # downstream-gbt artifacts, likewise
+    baseline: str | None = None  # the variant the others are compared with; default: the first one read
+    bootstrap: int = 10_000  # resamples of each difference's bootstrap interval
+    seed: int = 0  # the bootstrap's random stream
+
+    def __post_init__(self) -> None:
+        if not self.metrics and not self.downstream:
+            raise ConfigError("config keys metrics / downstream: give the eval-metrics (--metrics) or downstream-gbt "
+                              "(--downstream) artifacts to report on")
+        if self.bootstrap < 100:
+            raise ConfigError(f"config key bootstrap: expected at least 100 resamples, found {self.bootstrap}")

@@ -440,15 +440,28 @@ def test_run_help_explains_sweep_and_variant():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_variants_of_the_real_train_ldm_keys_share_the_vqgan(copy_of):
-    workflow, root = copy_of
+def test_variants_of_the_real_train_ldm_keys_share_the_vqgan_and_end_in_one_report(copy_of, tmp_path):
+    _, root = copy_of
+    workflow = tmp_path / "reported.yaml"  # TINY, evaluated and reported
+    workflow.write_text(TINY + """  scores:
+    stage: eval-metrics
+    inputs: {models: [ldm]}
+    config: {metrics: [mig], n_jobs: 1}
+  report:
+    inputs: {metrics: [scores]}
+""")
     result = invoke(workflow, root, "--variant", "baseline:ldm.quantizer=none,ldm.unet.skip_dropout=0",
                     "--variant", "dyga-sd:ldm.quantizer=dyga,ldm.unet.skip_dropout=0.2")
     assert result.exit_code == 0, result.output
     assert statuses(result) == {"data": "up to date", "vqgan": "up to date", "ldm [baseline]": "wrote",
-                                "ldm [dyga-sd]": "wrote"}
+                                "ldm [dyga-sd]": "wrote", "scores [baseline]": "wrote", "scores [dyga-sd]": "wrote",
+                                "report": "wrote"}
     store = ArtifactStore(root)
     baseline, both = store.load("train-ldm/tiny-baseline"), store.load("train-ldm/tiny-dyga-sd")
     assert (baseline.config["quantizer"], baseline.config["unet"]["skip_dropout"]) == ("none", 0.0)
     assert (both.config["quantizer"], both.config["unet"]["skip_dropout"]) == ("dyga", 0.2)
     assert baseline.config["vqgan"] == both.config["vqgan"] == "train-vqgan/tiny@v1"
+    report = store.load("report/tiny")
+    assert result.stdout.strip() == str(report.path)
+    assert report.config["metrics"] == ["eval-metrics/tiny-baseline@v1", "eval-metrics/tiny-dyga-sd@v1"]
+    assert report.results["variants"] == ["baseline", "dyga-sd"] and report.results["baseline"] == "baseline"
