@@ -10,6 +10,7 @@ from dydis.cli.common import show_logs
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
+from dydis.cli.report import report
 from dydis.cli.run import run
 from dydis.cli.train_ldm import train_ldm
 from dydis.cli.train_vqgan import train_vqgan
@@ -45,6 +46,7 @@ app.command("train-ldm")(train_ldm)
 app.command("eval-metrics")(eval_metrics)
 app.command("downstream-gbt")(downstream_gbt)
 app.command("visualize")(visualize)
+app.command("report")(report)
 app.command("run")(run)
 
 app.add_typer(artifacts.app, name="artifacts")

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from dydis.cli.common import DebugOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.report import summary_table
 from dydis.errors import ConfigError
-from dydis.workflow import Outcome, Workflow, execute, load_workflow
+from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
 
 
 def _seeds(text: str | None) -> tuple[int, ...]:
@@ -41,6 +43,18 @@ def run(
     seeds: Annotated[Optional[str], typer.Option(help="Run the seeded stages once per seed, e.g. 42,43,44; later "
                                                       "stages evaluate them together (mean ± std).",
                                                  show_default=False)] = None,
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        "--sweep", metavar="STAGE.KEY=V1,V2",
+        help="Run once per value of a stage's config key, e.g. train-ldm.unet.skip_dropout=0,0.2; repeat for the "
+             "grid of all --sweep options. The stages above the swept ones run once and are shared, the later ones "
+             "run per point, named <name>-<key>-<value>, and the report compares the points.",
+        show_default=False)] = None,
+    variant: Annotated[Optional[list[str]], typer.Option(
+        "--variant", metavar="LABEL:STAGE.KEY=V,...",
+        help="A named point of the sweep setting several keys, e.g. "
+             "baseline:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0; repeat for each variant (the first is "
+             "the report's baseline); with --sweep, each variant is run at every grid point. Named <name>-<label>.",
+        show_default=False)] = None,
     root: RootOpt = None,
     runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
     debug: DebugOpt = False,
@@ -49,28 +63,35 @@ def run(
 
     A stage whose resolved config and inputs match an existing artifact is skipped ("up to
     date"); after a failure, running again resumes at the failed stage. --set takes
-    `stage_id.key=value` for a stage's config and `key=value` for the file's vars. Prints the
-    last stage's artifact path on stdout, the metrics and each stage's wall time on stderr.
+    `stage_id.key=value` for a stage's config and `key=value` for the file's vars. --sweep and
+    --variant run the stages they change, and the stages after them, once per point. Prints
+    the last stage's artifact path on stdout, the metrics and each stage's wall time on stderr.
     Examples:
 
       dydis run workflow.yaml --profile smoke
 
       dydis run workflow.yaml --profile paper --set dataset=cars3d --set data_dir=/data --seeds 42,43,44
+
+      dydis run workflow.yaml --sweep train-ldm.quantizer=none,dyga --sweep train-ldm.unet.skip_dropout=0,0.2
     """
     from dydis.stages.workflow import STAGES  # deferred: imports torch
 
     plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
+    points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     outcomes = []
-    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), start=from_, until=until,
-                           progress=RichProgress()):
+    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
+                           until=until, progress=RichProgress()):
         if outcome.status == "up to date":
             console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:
             console.print(f"[green]{_label(outcome)}:[/] wrote {outcome.artifact.ref} in {outcome.seconds:.1f} s",
                           highlight=False)
         outcomes.append(outcome)
+    reports = [outcome.artifact for outcome in outcomes if outcome.artifact.kind == "report"]
     metrics = _metrics_table(outcomes)
-    if metrics.row_count:
+    if reports:  # the same scores, per variant and against the baseline
+        console.print(summary_table(reports[-1].results, title=reports[-1].ref))
+    elif metrics.row_count:
         console.print(metrics)
     console.print(_times_table(outcomes, plan))
     emit_result(outcomes[-1].artifact.path)
@@ -107,5 +128,8 @@ def _times_table(outcomes: list[Outcome], plan: Workflow) -> Table:
 
 
 def _label(outcome: Outcome) -> str:
-    """The stage id, and the seed of a seeded stage's job."""
-    return outcome.step if outcome.seed is None else f"{outcome.step} (seed {outcome.seed})"
+    """The stage id, the sweep point of a job run per point and the seed of a seeded stage's job,
+    as rich markup (the point's brackets escaped: they are text)."""
+    point = "" if outcome.point is None else escape(f" [{outcome.point}]")
+    seed = "" if outcome.seed is None else f" (seed {outcome.seed})"
+    return f"{outcome.step}{point}{seed}"

@@ -39,6 +39,7 @@ SCHEMAS: dict[str, int] = {
     "metrics": 1,
     "downstream": 1,
     "viz": 1,
+    "report": 1,
 }
 
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")

@@ -41,6 +41,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML reads it (``0.2`` a float, ``[1, 2]`` a list); text that is
+    not YAML stays the text it is, an empty value the empty string."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+
+
 def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
     """Turn ``["a.b=3", "c=x"]`` into a nested dict; values are parsed as YAML scalars/lists."""
     nested: dict[str, Any] = {}
@@ -49,10 +58,7 @@ def parse_overrides(assignments: list[str] | None) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {assignment!r}")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = parse_value(raw)
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -506,3 +512,21 @@ class VisualizeConfig:
             raise ConfigError(f"config key steps: expected at least 2 (both ends), found {self.steps}")
         if self.gpus < 0:
             raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """`report`: the variants of a sweep side by side, from the artifacts that scored their models."""
+
+    metrics: tuple[str, ...] = ()  # eval-metrics artifacts; a glob in the name takes every match: eval-metrics/study-*
+    downstream: tuple[str, ...] = ()  # downstream-gbt artifacts, likewise
+    baseline: str | None = None  # the variant the others are compared with; default: the first one read
+    bootstrap: int = 10_000  # resamples of each difference's bootstrap interval
+    seed: int = 0  # the bootstrap's random stream
+
+    def __post_init__(self) -> None:
+        if not self.metrics and not self.downstream:
+            raise ConfigError("config keys metrics / downstream: give the eval-metrics (--metrics) or downstream-gbt "
+                              "(--downstream) artifacts to report on")
+        if self.bootstrap < 100:
+            raise ConfigError(f"config key bootstrap: expected at least 100 resamples, found {self.bootstrap}")

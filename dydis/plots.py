@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # why: no display on training machines; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,6 +64,23 @@ def ratio_bars(ratios: dict[str, tuple[list[float], list[float]]], factor_names:
     ax.set_xticks(range(n_factors), factor_names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy ratio", fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def band_curves(curves: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path, title: str,
+                ylabel: str) -> None:
+    """One line per (label, steps, mean, std) against the training step, with a band of ± std."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    for label, steps, mean, std in curves:
+        (line,) = ax.plot(steps, mean, lw=1.4, marker="o", ms=3, label=label)
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xlabel("step", fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()

@@ -6,6 +6,12 @@ A workflow lists its steps in order under ``stages:`` (step id -> the stage it r
 step's own name) and named ``profiles`` that are deep-merged over all of it. Precedence, lowest first: the file, the
 profile, the profile's entry for the ``dataset`` var under ``datasets``, ``--set``.
 
+A sweep (``--sweep KEY=V1,V2``, ``--variant LABEL:KEY=V,...``; ``sweep_points``) runs the workflow
+at several points: a step runs once per distinct value of the swept keys that reach it through
+its own config or its inputs, its artifacts named ``<name>-<point slug>``; the steps above the
+swept ones run once and are shared; a stage that compares points (``report``) runs once over
+all of them.
+
 Like make or DVC, a step is not run again when an artifact of it exists whose resolved config
 and input artifacts are the same. The stages fill resolved values into the config they store
 (refs as ``stage/name@vN``, dataset defaults), so the runner does not compare stored configs:
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -31,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 from dydis.artifacts import Artifact, ArtifactStore
-from dydis.config import build_config, load_yaml, merge, parse_overrides, to_dict
+from dydis.config import build_config, load_yaml, merge, parse_overrides, parse_value, to_dict
 from dydis.errors import ArtifactError, ConfigError
 from dydis.progress import Progress
 
@@ -53,6 +60,7 @@ class StageSpec:
     kind: str  # the kind of artifact it publishes
     inputs: Mapping[str, str] = field(default_factory=dict)  # config key -> kind of the artifact(s) it names
     trains: bool = False  # keeps checkpoints in runs/: takes runs_dir and resume
+    compares_points: bool = False  # one job fed by every point of a sweep (report), never one per point
 
     def takes_several(self, key: str) -> bool:
         """Whether config key ``key`` holds a list of refs (eval-metrics' ``models``) or one."""
@@ -87,6 +95,56 @@ class Workflow:
 
 
 @dataclass(frozen=True)
+class Point:
+    """One point of a sweep, or the part of one that a step depends on: a variant and grid values.
+
+    A grid point of ``--sweep train-ldm.quantizer=none,dyga --sweep train-ldm.unet.skip_dropout=0,0.2``
+    is labelled ``quantizer=none skip_dropout=0`` and names its artifacts
+    ``<name>-quantizer-none-skip_dropout-0``: each key's last part (the whole key where two swept
+    keys share it) and its value, joined by ``-`` because artifact names hold only letters,
+    digits and ``. _ + -``. A ``--variant`` is its label in both, ahead of any grid values.
+    """
+
+    variant: str | None = None  # the --variant label
+    variant_settings: tuple[tuple[str, Any], ...] = ()  # ("train-ldm.quantizer", "none"), ... (--set syntax)
+    grid: tuple[tuple[str, str, Any], ...] = ()  # (key, key as shown, value) of each --sweep
+
+    @property
+    def settings(self) -> tuple[tuple[str, Any], ...]:
+        return (*self.variant_settings, *((key, value) for key, _, value in self.grid))
+
+    @property
+    def label(self) -> str:
+        """For people (the run's log, the report): ``dyga-sd``, ``quantizer=none skip_dropout=0``."""
+        head = [self.variant] if self.variant else []
+        return " ".join(head + [f"{shown}={_text(value)}" for _, shown, value in self.grid])
+
+    @property
+    def slug(self) -> str:
+        """For artifact names: ``dyga-sd``, ``quantizer-none-skip_dropout-0``."""
+        head = [self.variant] if self.variant else []
+        return "-".join(head + [f"{shown}-{_safe(_text(value))}" for _, shown, value in self.grid])
+
+    def overrides(self, step_id: str) -> dict[str, Any]:
+        """The config keys this point sets on step ``step_id``, nested as in a config file."""
+        nested: dict[str, Any] = {}
+        for key, value in self.settings:
+            step, _, rest = key.partition(".")
+            if step == step_id:
+                for part in reversed(rest.split(".")):
+                    value = {part: value}
+                nested = merge(nested, value)
+        return nested
+
+    def restrict(self, keys: set[str], keep_variant: bool) -> "Point | None":
+        """The part of this point that sets ``keys`` (and its variant, if ``keep_variant``); None if nothing."""
+        part = Point(self.variant if keep_variant else None,
+                     tuple(item for item in self.variant_settings if item[0] in keys),
+                     tuple(item for item in self.grid if item[0] in keys))
+        return part if part.variant or part.settings else None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What one job of the run did: ``ran`` its stage, or found its artifact ``up to date``."""
 
@@ -95,6 +153,7 @@ class Outcome:
     artifact: Artifact
     status: Literal["ran", "up to date"]
     seconds: float
+    point: str | None = None  # the sweep point's label of a job that runs per point, else None
 
 
 # ---- reading and checking workflow.yaml ---------------------------------------------------
@@ -127,9 +186,7 @@ def load_workflow(path: str | Path, specs: Mapping[str, StageSpec], *, profile: 
         step = _step(step_id, entry, name, variables, specs, path)
         if step is not None:
             _check_inputs(step, steps, list(stages), specs, path)
-            placeholders = {key: tuple(f"{steps[i].stage}/{steps[i].name}" for i in ids)
-                            for key, ids in step.inputs.items()}
-            resolve_config(step, specs[step.stage], placeholders, path)  # only to check it early
+            resolve_config(step, specs[step.stage], _placeholders(step, steps), path)  # only to check it early
             steps[step_id] = step
     return Workflow(path, profile, tuple(steps.values()))
 
@@ -285,6 +342,11 @@ def _not_earlier(ref: Any, step_id: str, all_ids: list[str]) -> str:
     return f"{ref!r} is disabled (enabled: false)"
 
 
+def _placeholders(step: Step, steps: Mapping[str, Step]) -> dict[str, tuple[str, ...]]:
+    """Refs that stand for a step's inputs before they exist (``stage/name``), to check its config."""
+    return {key: tuple(f"{steps[i].stage}/{steps[i].name}" for i in ids) for key, ids in step.inputs.items()}
+
+
 def resolve_config(step: Step, spec: StageSpec, refs: dict[str, tuple[str, ...]], path: Path) -> Any:
     """The step's config dataclass with its inputs' refs filled in (a list for keys that take several)."""
     given = {key: refs[key] if spec.takes_several(key) else refs[key][0] for key in step.inputs}
@@ -292,6 +354,131 @@ def resolve_config(step: Step, spec: StageSpec, refs: dict[str, tuple[str, ...]]
         return build_config(spec.config, flags=merge(step.config, given))
     except ConfigError as err:
         raise ConfigError(f"stages.{step.id}.config: {err.message}", path) from None
+
+
+# ---- sweeps: --sweep KEY=V1,V2 and --variant LABEL:KEY=V,... -------------------------------
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")  # a variant label goes into artifact names as it is
+
+
+def sweep_points(workflow: Workflow, specs: Mapping[str, StageSpec], *, sweeps: list[str] | None = None,
+                 variants: list[str] | None = None) -> tuple[Point, ...]:
+    """The points of a sweep: every named variant times the grid of every ``--sweep``; () for neither.
+
+    ``sweeps`` hold ``step.key.sub=V1,V2`` (values parsed as ``--set`` parses them; a comma
+    inside brackets belongs to a list value), ``variants`` hold ``LABEL:step.key=V,step.key=V``.
+    Each point's config is built for every step it touches, so a bad key or value fails here,
+    before anything runs. Raises ``ConfigError`` naming the option.
+    """
+    grid = [_parse_sweep(text, workflow, specs) for text in sweeps or []]
+    named = [_parse_variant(text, workflow, specs) for text in variants or []]
+    if not grid and not named:
+        return ()
+    swept = [key for key, _ in grid]
+    _check_distinct(swept, "--sweep", "key", workflow.path)
+    _check_distinct([label for label, _ in named], "--variant", "label", workflow.path)
+    for label, settings in named:
+        for key, _ in settings:
+            if key in swept:
+                raise ConfigError(f"--variant {label}: {key} is also swept (--sweep {key}); set it in one place",
+                                  workflow.path)
+    short = _short_keys(swept)
+    points = [Point(label, settings, tuple((key, short[key], value) for key, value in zip(swept, values)))
+              for label, settings in named or [(None, ())]
+              for values in itertools.product(*(values for _, values in grid))]
+    _check_distinct([point.slug for point in points], "--sweep", "artifact name suffix", workflow.path)
+    steps = {step.id: step for step in workflow.steps}
+    for point in points:
+        for step in workflow.steps:
+            if point.overrides(step.id):
+                changed = dataclasses.replace(step, config=merge(step.config, point.overrides(step.id)))
+                try:
+                    resolve_config(changed, specs[step.stage], _placeholders(step, steps), workflow.path)
+                except ConfigError as err:
+                    raise ConfigError(f"sweep point {point.label}: {err.message}", workflow.path) from None
+    return tuple(points)
+
+
+def _parse_sweep(text: str, workflow: Workflow, specs: Mapping[str, StageSpec]) -> tuple[str, list[Any]]:
+    """``train-ldm.quantizer=none,dyga`` -> ("train-ldm.quantizer", ["none", "dyga"])."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    values = [parse_value(part) for part in _split_commas(raw)]
+    if not sep or not values:
+        raise ConfigError(f"--sweep {text}: expected stage.key=value1,value2 (e.g. "
+                          "train-ldm.unet.skip_dropout=0,0.2)", workflow.path)
+    _check_swept_key(key, f"--sweep {key}", workflow, specs)
+    _check_distinct([_text(value) for value in values], f"--sweep {key}", "value", workflow.path)
+    return key, values
+
+
+def _parse_variant(text: str, workflow: Workflow, specs: Mapping[str, StageSpec]) -> tuple[str, tuple]:
+    """``baseline:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0`` -> (label, settings)."""
+    label, sep, body = text.partition(":")
+    if not sep or not _LABEL.match(label):
+        raise ConfigError(f"--variant {text}: expected LABEL:stage.key=value,stage.key=value with a label of "
+                          "letters, digits and . _ + - (e.g. baseline:train-ldm.quantizer=none)", workflow.path)
+    settings = []
+    for assignment in _split_commas(body):
+        key, sep, raw = assignment.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--variant {label}: expected stage.key=value, found {assignment!r}", workflow.path)
+        _check_swept_key(key, f"--variant {label}", workflow, specs)
+        settings.append((key, parse_value(raw)))
+    _check_distinct([key for key, _ in settings], f"--variant {label}", "key", workflow.path)
+    return label, tuple(settings)
+
+
+def _check_swept_key(key: str, where: str, workflow: Workflow, specs: Mapping[str, StageSpec]) -> None:
+    """A swept key names an enabled step's config key (``step.key.sub``), not an input or a var."""
+    step_id, _, rest = key.partition(".")
+    ids = [step.id for step in workflow.steps]
+    if step_id not in ids or not rest:
+        raise ConfigError(f"{where}: expected stage.key with a stage of this workflow ({', '.join(ids)}), found "
+                          f"{key!r}", workflow.path)
+    step = workflow.steps[ids.index(step_id)]
+    if rest.split(".")[0] in step.inputs:
+        raise ConfigError(f"{where}: {rest.split('.')[0]} is an input of {step_id}, fed by an earlier stage",
+                          workflow.path)
+    if specs[step.stage].compares_points:
+        raise ConfigError(f"{where}: {step_id} compares the points of the sweep, so it cannot be swept itself",
+                          workflow.path)
+
+
+def _split_commas(text: str) -> list[str]:
+    """``a,[1, 2],b`` -> ["a", "[1, 2]", "b"]: commas inside brackets or braces belong to a value."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += (char in "[{") - (char in "]}")
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [part for part in (*parts, current.strip()) if part]
+
+
+def _check_distinct(items: list[str], where: str, what: str, path: Path) -> None:
+    repeated = sorted({item for item in items if items.count(item) > 1})
+    if repeated:
+        raise ConfigError(f"{where}: each {what} once, found {repeated[0]!r} more than once", path)
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """A swept key as labels and names show it: its last part, or all of it where two keys share one."""
+    last = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: part if last.count(part) == 1 else key for key, part in zip(keys, last)}
+
+
+def _text(value: Any) -> str:
+    """A swept value as people write it: strings as they are, anything else as JSON (0.2, true, [1, 2])."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _safe(text: str) -> str:
+    """``text`` with every run of characters an artifact name cannot hold replaced by ``_``."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")
 
 
 # ---- running ------------------------------------------------------------------------------
@@ -317,31 +504,42 @@ def find_up_to_date(store: ArtifactStore, stage: str, name: str, wanted: str) ->
 
 
 def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | Path | None = None,
-            runs_dir: Path = Path("runs"), seeds: tuple[int, ...] = (), start: str | None = None,
-            until: str | None = None, progress: Progress | None = None) -> Iterator[Outcome]:
+            runs_dir: Path = Path("runs"), seeds: tuple[int, ...] = (), points: tuple[Point, ...] = (),
+            start: str | None = None, until: str | None = None,
+            progress: Progress | None = None) -> Iterator[Outcome]:
     """Run the workflow's steps in order, yielding each job's outcome as it finishes.
 
     ``seeds`` runs every seeded step once per seed; a later step's key that takes several
-    artifacts gathers all of them. Steps before ``start`` are not run (their up-to-date
-    artifacts feed the rest; none is an error), ``start`` and the steps after it run even when
-    up to date, and nothing after ``until`` runs. A stage's error propagates and stops the run;
-    running again skips what finished and resumes training steps from their checkpoints.
+    artifacts gathers all of them. ``points`` (``sweep_points``) runs the steps they touch,
+    and those fed by them, once per point; a stage that compares points gathers every point's.
+    Steps before ``start`` are not run (their up-to-date artifacts feed the rest; none is an
+    error), ``start`` and the steps after it run even when up to date, and nothing after
+    ``until`` runs. A stage's error propagates and stops the run; running again skips what
+    finished and resumes training steps from their checkpoints.
     """
     if seeds and not any(step.seeded for step in workflow.steps):
         raise ConfigError("--seeds: no stage is seeded (seeded: true)", workflow.path)
+    for point in points:
+        for key, _ in point.settings:
+            step_id, _, rest = key.partition(".")
+            if seeds and rest == "seed" and workflow.step(step_id, "--sweep").seeded:
+                raise ConfigError(f"sweep point {point.label}: {key} is set by --seeds ({step_id} is seeded)",
+                                  workflow.path)
     first = workflow.steps.index(workflow.step(start, "--from")) if start else 0
     last = workflow.steps.index(workflow.step(until, "--until")) if until else len(workflow.steps) - 1
     if first > last:
         raise ConfigError(f"--from {start} comes after --until {until}", workflow.path)
     store = ArtifactStore(root)
     by_id = {step.id: step for step in workflow.steps}
-    made: dict[tuple[str, int | None], Artifact] = {}
+    sweep = _Sweep(workflow, specs, points)
+    made: dict[tuple[str, str | None, int | None], Artifact] = {}  # (step id, point slug, seed) -> artifact
     for index, step in enumerate(workflow.steps[: last + 1]):
-        for seed in (seeds if step.seeded and seeds else (None,)):
+        for point, seed in itertools.product(sweep.jobs(step.id), seeds if step.seeded and seeds else (None,)):
             started = time.perf_counter()
-            inputs = {key: [made[(ref, variant)] for ref in ids for variant in _variants(by_id[ref], seed, seeds)]
+            inputs = {key: [made[(ref, _slug(p), s)] for ref in ids for p in sweep.feeding(step.id, ref, point)
+                            for s in _seed_jobs(by_id[ref], seed, seeds)]
                       for key, ids in step.inputs.items()}
-            job = _Job(workflow, step, specs[step.stage], seed, inputs)
+            job = _Job(workflow, step, specs[step.stage], seed, inputs, point)
             forced = start is not None and index >= first
             artifact = None if forced else find_up_to_date(store, step.stage, job.name, job.fingerprint)
             if artifact is None and index < first:
@@ -349,11 +547,59 @@ def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | P
                                   f"start from it (--from {step.id}) or drop --from", workflow.path)
             status = "ran" if artifact is None else "up to date"
             artifact = artifact or job.run(root, runs_dir, progress)
-            made[(step.id, seed)] = artifact
-            yield Outcome(step.id, seed, artifact, status, time.perf_counter() - started)
+            made[(step.id, _slug(point), seed)] = artifact
+            yield Outcome(step.id, seed, artifact, status, time.perf_counter() - started,
+                          None if point is None else point.label)
 
 
-def _variants(source: Step, seed: int | None, seeds: tuple[int, ...]) -> tuple[int | None, ...]:
+class _Sweep:
+    """Which job of each step serves which point of a sweep.
+
+    A step depends on the keys the points set on it and on the keys its inputs depend on (a
+    stage that compares points depends on none: it gathers them all). A step runs once per
+    distinct part of the points on those keys, with the variant's label wherever some variant
+    sets one of them, and once, shared, where it depends on no key: a sweep of train-ldm keys
+    trains the VQ-GAN once, and a sweep of both train-ldm and eval-metrics keys trains each
+    train-ldm value once for all the eval-metrics values.
+    """
+
+    def __init__(self, workflow: Workflow, specs: Mapping[str, StageSpec], points: tuple[Point, ...]):
+        self.points = points
+        swept = {key for point in points for key, _ in point.settings}
+        self.keys: dict[str, set[str]] = {}
+        self.compares: set[str] = set()
+        for step in workflow.steps:
+            if specs[step.stage].compares_points:
+                self.compares.add(step.id)
+                self.keys[step.id] = set()
+            else:
+                inherited = [self.keys[ref] for ids in step.inputs.values() for ref in ids]
+                self.keys[step.id] = {key for key in swept if key.partition(".")[0] == step.id}.union(*inherited)
+
+    def part(self, step_id: str, point: Point | None) -> Point | None:
+        """The part of ``point`` that ``step_id``'s job depends on; None for the shared job."""
+        keys = self.keys[step_id]
+        if point is None or not keys:
+            return None
+        by_variant = any(key in keys for p in self.points for key, _ in p.variant_settings)
+        return point.restrict(keys, keep_variant=by_variant)
+
+    def jobs(self, step_id: str) -> list[Point | None]:
+        """The points of ``step_id``'s jobs in sweep order: [None] for a shared step (or no sweep)."""
+        parts = {_slug(part): part for part in (self.part(step_id, p) for p in self.points)}
+        return list(parts.values()) or [None]
+
+    def feeding(self, step_id: str, source_id: str, point: Point | None) -> list[Point | None]:
+        """The jobs of input step ``source_id`` that feed ``step_id``'s job at ``point``: the one at
+        the same point, or every one for a stage that compares points."""
+        return self.jobs(source_id) if step_id in self.compares else [self.part(source_id, point)]
+
+
+def _slug(point: Point | None) -> str | None:
+    return None if point is None else point.slug
+
+
+def _seed_jobs(source: Step, seed: int | None, seeds: tuple[int, ...]) -> tuple[int | None, ...]:
     """Which jobs of an input step feed a job: its only one, the same seed's, or every seed's
     (a step that is not seeded gathers them into a key that takes several)."""
     if not source.seeded or not seeds:
@@ -365,8 +611,11 @@ class _Job:
     """One run of a step, given its input artifacts: the config, artifact name and fingerprint."""
 
     def __init__(self, workflow: Workflow, step: Step, spec: StageSpec, seed: int | None,
-                 inputs: dict[str, list[Artifact]]):
-        self.workflow, self.step, self.spec = workflow, step, spec
+                 inputs: dict[str, list[Artifact]], point: Point | None = None):
+        self.workflow, self.step, self.spec, self.point = workflow, step, spec, point
+        if point is not None:  # the point's values on top of the step's, its slug in the name
+            step = dataclasses.replace(step, name=f"{step.name}-{point.slug}",
+                                       config=merge(step.config, point.overrides(step.id)))
         cfg = resolve_config(step, spec, {key: tuple(a.ref for a in found) for key, found in inputs.items()},
                              workflow.path)
         self.name = step.name
@@ -387,6 +636,8 @@ class _Job:
         """
         stamp = {"fingerprint": self.fingerprint, "file": self.workflow.path.name, "profile": self.workflow.profile,
                  "step": self.step.id}
+        if self.point is not None:  # what `dydis report` labels this job's models and scores with
+            stamp["point"] = {"label": self.point.label, "settings": dict(self.point.settings)}
         store = ArtifactStore(root, workflow=stamp)
         log.info("%s: running %s/%s", self.step.id, self.step.stage, self.name)
         if not self.spec.trains:

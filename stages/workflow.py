@@ -7,9 +7,9 @@ take earlier stages' artifacts. Adding a stage to workflows is adding its entry 
 
 from __future__ import annotations
 
-from dydis.config import (DownstreamGBTConfig, EvalMetricsConfig, PrepareDataConfig, TrainLDMConfig,
+from dydis.config import (DownstreamGBTConfig, EvalMetricsConfig, PrepareDataConfig, ReportConfig, TrainLDMConfig,
                           TrainVQGANConfig, VisualizeConfig)
-from dydis.stages import downstream_gbt, eval_metrics, prepare_data, train_ldm, train_vqgan, visualize
+from dydis.stages import downstream_gbt, eval_metrics, prepare_data, report, train_ldm, train_vqgan, visualize
 from dydis.workflow import StageSpec
 
 STAGES: dict[str, StageSpec] = {
@@ -23,4 +23,6 @@ STAGES: dict[str, StageSpec] = {
     downstream_gbt.STAGE: StageSpec(DownstreamGBTConfig, downstream_gbt.run, kind="downstream",
                                     inputs={"data": "dataset", "models": "ldm"}),
     visualize.STAGE: StageSpec(VisualizeConfig, visualize.run, kind="viz", inputs={"data": "dataset", "models": "ldm"}),
+    report.STAGE: StageSpec(ReportConfig, report.run, kind="report",
+                            inputs={"metrics": "metrics", "downstream": "downstream"}, compares_points=True),
 }

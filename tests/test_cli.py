@@ -15,7 +15,7 @@ STAGES = ["prepare-data", "train-vqgan", "train-ldm", "eval-metrics", "downstrea
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in [*STAGES, "run", "artifacts", "visualize"]:
+    for command in [*STAGES, "run", "artifacts", "visualize", "report"]:
         assert command in result.output
 
 

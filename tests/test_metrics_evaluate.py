@@ -9,6 +9,7 @@ import pytest
 
 from dydis.errors import ConfigError, DataError
 from dydis.metrics import GroundTruth, evaluate, grid_factors, mig, reduce_units, sap
+from dydis.metrics.evaluate import SCORE_KEYS
 
 SIZES = (3, 4, 5)
 QUICK = {
@@ -36,7 +37,7 @@ def data():
 def test_all_grid_metrics_give_a_flat_json_dict(data):
     gt, codes = data
     scores = evaluate(codes, gt, options=QUICK, n_jobs=2)
-    assert set(scores) == GRID_KEYS
+    assert set(scores) == GRID_KEYS and GRID_KEYS | {"tad", "tad_captured", "fid"} == set(SCORE_KEYS)
     assert all(isinstance(v, float) for v in scores.values())
     json.dumps(scores)
     assert scores.arrays["dci_importance"].shape == (4, 3)

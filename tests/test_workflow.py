@@ -17,7 +17,7 @@ from dydis.config import to_dict
 from dydis.errors import ConfigError, DataError
 from dydis.stages import workflow as stage_table
 from dydis.stages.workflow import STAGES
-from dydis.workflow import StageSpec, execute, load_workflow
+from dydis.workflow import Point, StageSpec, execute, load_workflow, sweep_points
 
 runner = CliRunner()
 SHIPPED = Path(__file__).resolve().parent.parent / "workflow.yaml"
@@ -166,7 +166,9 @@ def test_from_needs_the_earlier_stages_up_to_date(copy_of):
 class FakeConfig:
     data: str = ""
     models: tuple[str, ...] = ()
+    scores: tuple[str, ...] = ()
     value: int = 0
+    rate: float = 0.0
     seed: int = 0
 
 
@@ -177,12 +179,13 @@ class FakeStages:
         self.calls: list[tuple[str, str, bool | None]] = []
         self.broken: set[str] = set()
 
-    def spec(self, stage: str, kind: str, inputs: dict[str, str] | None = None, trains: bool = False) -> StageSpec:
+    def spec(self, stage: str, kind: str, inputs: dict[str, str] | None = None, trains: bool = False,
+             compares_points: bool = False) -> StageSpec:
         def run(cfg, store, *, name, progress=None, runs_dir=None, resume=None):
             self.calls.append((stage, name, resume))
             if stage in self.broken:
                 raise DataError(f"{stage} broken on purpose", "somewhere")
-            sources = [ref for ref in (cfg.data, *cfg.models) if ref]
+            sources = [ref for ref in (cfg.data, *cfg.models, *cfg.scores) if ref]
             inputs = {f"input_{i}": store.load(ref) for i, ref in enumerate(sources)}
             with store.create(stage=stage, name=name, kind=kind, config=to_dict(cfg), inputs=inputs,
                               seed=cfg.seed) as writer:
@@ -190,12 +193,14 @@ class FakeStages:
                 writer.results["metrics"] = {"models": {"mean": float(len(cfg.models)), "std": 0.0}}
             return writer.artifact
 
-        return StageSpec(FakeConfig, run, kind=kind, inputs=inputs or {}, trains=trains)
+        return StageSpec(FakeConfig, run, kind=kind, inputs=inputs or {}, trains=trains,
+                         compares_points=compares_points)
 
     def table(self) -> dict[str, StageSpec]:
         return {"make": self.spec("make", "dataset"),
                 "train": self.spec("train", "ldm", {"data": "dataset"}, trains=True),
-                "score": self.spec("score", "metrics", {"data": "dataset", "models": "ldm"})}
+                "score": self.spec("score", "metrics", {"data": "dataset", "models": "ldm"}),
+                "compare": self.spec("compare", "viz", {"scores": "metrics"}, compares_points=True)}
 
 
 FAKE = """
@@ -207,6 +212,11 @@ stages:
 """
 
 
+# FAKE with a last stage that compares the points of a sweep, as `report` does
+SWEPT = FAKE + """  compare: {inputs: {scores: [score]}}
+"""
+
+
 @pytest.fixture
 def fakes(monkeypatch, tmp_path):
     stages = FakeStages()
@@ -214,6 +224,13 @@ def fakes(monkeypatch, tmp_path):
     workflow = tmp_path / "toy.yaml"
     workflow.write_text(FAKE)
     return stages, workflow, tmp_path / "store"
+
+
+@pytest.fixture
+def swept(fakes):
+    stages, workflow, root = fakes
+    workflow.write_text(SWEPT)
+    return stages, workflow, root
 
 
 def test_a_failed_stage_stops_the_run_and_the_rerun_resumes_it(fakes):
@@ -292,11 +309,159 @@ def test_bad_workflows_name_the_file_and_the_key(tmp_path, edit, expected):
     (["--until", "gan"], "--until gan: no such stage"),
     (["--seeds", "1,2"], "--seeds: no stage is seeded"),
     (["--from", "ldm", "--until", "vqgan"], "--from ldm comes after --until vqgan"),
+    (["--sweep", "ldm.quantizer=none,fsx"], "sweep point quantizer=fsx: stages.ldm.config: config key quantizer"),
+    (["--sweep", "ldm.quantizr=none"], "sweep point quantizr=none: stages.ldm.config: unknown config key quantizr"),
+    (["--sweep", "dataset=a,b"], "--sweep dataset: expected stage.key with a stage of this workflow"),
+    (["--sweep", "ldm.vqgan=a,b"], "--sweep ldm.vqgan: vqgan is an input of ldm"),
+    (["--sweep", "ldm.max_steps=1,1"], "--sweep ldm.max_steps: each value once, found '1' more than once"),
+    (["--sweep", "ldm.max_steps"], "--sweep ldm.max_steps: expected stage.key=value1,value2"),
+    (["--sweep", "ldm.lr=1e-4,2e-4", "--sweep", "ldm.lr=3e-4"], "--sweep: each key once"),
+    (["--sweep", "data.dataset=a b,a_b"], "--sweep: each artifact name suffix once, found 'dataset-a_b'"),
+    (["--variant", "a b:ldm.max_steps=1"], "--variant a b:ldm.max_steps=1: expected LABEL:stage.key=value"),
+    (["--variant", "a:ldm.max_steps=1", "--variant", "a:ldm.max_steps=2"], "--variant: each label once"),
+    (["--variant", "a:ldm.max_steps"], "--variant a: expected stage.key=value, found 'ldm.max_steps'"),
+    (["--variant", "a:ldm.max_steps=1", "--sweep", "ldm.max_steps=2,3"], "--variant a: ldm.max_steps is also swept"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, args, expected):
     path = tmp_path / "workflow.yaml"
     path.write_text(TINY)
     result = invoke(path, tmp_path / "store", *args)
-    assert result.exit_code == 2
+    assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: {path}: {expected}")
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "store").exists()
+
+
+# ---- sweeps: --sweep and --variant ---------------------------------------------------------------
+
+def names(stages: FakeStages, stage: str) -> list[str]:
+    return [name for called, name, _ in stages.calls if called == stage]
+
+
+def stamp(root: Path, ref: str) -> dict:
+    """The sweep point a workflow job recorded in its artifact's manifest."""
+    return ArtifactStore(root).load(ref).manifest["workflow"].get("point")
+
+
+def test_sweep_grid_runs_each_stage_once_per_value_it_depends_on(swept):
+    stages, workflow, root = swept
+    result = invoke(workflow, root, "--sweep", "train.value=1,2", "--sweep", "score.rate=0.5,1")
+    assert result.exit_code == 0, result.output
+    assert names(stages, "make") == ["toy"]  # above the swept stages: once, shared by every point
+    assert names(stages, "train") == ["toy-value-1", "toy-value-2"]  # the rate does not reach train
+    assert names(stages, "score") == ["toy-value-1-rate-0.5", "toy-value-1-rate-1", "toy-value-2-rate-0.5",
+                                      "toy-value-2-rate-1"]
+    assert names(stages, "compare") == ["toy"]  # one comparison of every point
+    store = ArtifactStore(root)
+    trained = store.load("train/toy-value-2")
+    assert trained.config["value"] == 2 and trained.inputs("input_0")[0]["ref"] == "make/toy@v1"
+    scored = store.load("score/toy-value-2-rate-0.5")
+    assert scored.config["rate"] == 0.5 and scored.config["models"] == ["train/toy-value-2@v1"]
+    assert store.load("compare/toy").config["scores"] == [f"score/toy-value-{v}-rate-{r}@v1"
+                                                          for v in (1, 2) for r in ("0.5", "1")]
+    assert stamp(root, "score/toy-value-1-rate-1") == {"label": "value=1 rate=1",
+                                                       "settings": {"train.value": 1, "score.rate": 1}}
+    assert stamp(root, "train/toy-value-1") == {"label": "value=1", "settings": {"train.value": 1}}
+    assert stamp(root, "make/toy") is None and stamp(root, "compare/toy") is None
+    assert "score [value=2 rate=0.5]: wrote score/toy-value-2-rate-0.5@v1" in result.stderr
+    stages.calls.clear()
+    again = invoke(workflow, root, "--sweep", "train.value=1,2", "--sweep", "score.rate=0.5,1")
+    assert again.exit_code == 0, again.output
+    assert stages.calls == [] and set(statuses(again).values()) == {"up to date"}
+    assert len(statuses(again)) == 1 + 2 + 4 + 1
+
+
+def test_sweep_with_seeds_names_each_seed_after_its_point(swept):
+    stages, workflow, root = swept
+    result = invoke(workflow, root, "--sweep", "train.value=1,2", "--seeds", "7,8")
+    assert result.exit_code == 0, result.output
+    assert names(stages, "train") == ["toy-value-1", "toy-value-1-s8", "toy-value-2", "toy-value-2-s8"]
+    assert ArtifactStore(root).load("score/toy-value-2").config["models"] == ["train/toy-value-2@v1",
+                                                                              "train/toy-value-2-s8@v1"]
+    assert "train [value=1] (seed 8): wrote train/toy-value-1-s8@v1" in result.stderr
+    stages.calls.clear()
+    assert invoke(workflow, root, "--sweep", "train.value=1,2", "--seeds", "7,8").exit_code == 0
+    assert stages.calls == []
+
+
+def test_variants_are_labelled_sets_of_keys_and_compared_in_order(swept):
+    stages, workflow, root = swept
+    result = invoke(workflow, root, "--variant", "plain:", "--variant", "both:train.value=1,score.rate=2",
+                    "--variant", "rated:score.rate=3")
+    assert result.exit_code == 0, result.output
+    # train depends on the variants that set train keys: each variant labels its own model
+    assert names(stages, "train") == ["toy-plain", "toy-both", "toy-rated"]
+    assert names(stages, "score") == ["toy-plain", "toy-both", "toy-rated"]
+    assert stamp(root, "score/toy-both") == {"label": "both", "settings": {"train.value": 1, "score.rate": 2}}
+    assert ArtifactStore(root).load("train/toy-rated").config["value"] == 0
+    assert ArtifactStore(root).load("compare/toy").config["scores"] == ["score/toy-plain@v1", "score/toy-both@v1",
+                                                                       "score/toy-rated@v1"]
+
+
+def test_variants_with_a_grid_run_every_variant_at_every_value(swept):
+    stages, workflow, root = swept
+    result = invoke(workflow, root, "--variant", "low:train.value=1", "--variant", "high:train.value=2",
+                    "--sweep", "score.rate=0,1")
+    assert result.exit_code == 0, result.output
+    assert names(stages, "train") == ["toy-low", "toy-high"]
+    assert names(stages, "score") == ["toy-low-rate-0", "toy-low-rate-1", "toy-high-rate-0", "toy-high-rate-1"]
+    assert stamp(root, "score/toy-high-rate-1")["label"] == "high rate=1"
+
+
+def test_point_names_are_safe_and_keys_that_share_a_last_part_are_shown_whole(tmp_path):
+    point = Point("dyga", (("ldm.quantizer", "dyga"),), (("ldm.unet.skip_dropout_levels", "skip_dropout_levels",
+                                                          [1, 2]), ("ldm.lr", "lr", 0.0001)))
+    assert point.slug == "dyga-skip_dropout_levels-1_2-lr-0.0001"
+    assert point.label == "dyga skip_dropout_levels=[1, 2] lr=0.0001"
+    assert point.overrides("ldm") == {"quantizer": "dyga", "unet": {"skip_dropout_levels": [1, 2]}, "lr": 0.0001}
+    assert point.overrides("vqgan") == {}
+    path = tmp_path / "workflow.yaml"
+    path.write_text(TINY)
+    plan = load_workflow(path, STAGES)
+    first = sweep_points(plan, STAGES, sweeps=["vqgan.seed=1,2", "ldm.seed=3"])[0]
+    assert first.slug == "vqgan.seed-1-ldm.seed-3" and first.label == "vqgan.seed=1 ldm.seed=3"
+    grid = sweep_points(plan, STAGES, sweeps=["ldm.unet.skip_dropout_levels=[1, 2],code"])
+    assert [p.settings for p in grid] == [(("ldm.unet.skip_dropout_levels", [1, 2]),),
+                                          (("ldm.unet.skip_dropout_levels", "code"),)]
+    assert sweep_points(plan, STAGES) == ()
+
+
+def test_seeds_own_the_seed_of_seeded_stages(swept):
+    _, workflow, root = swept
+    result = invoke(workflow, root, "--seeds", "7,8", "--sweep", "train.seed=1,2")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {workflow}: sweep point seed=1: train.seed is set by --seeds (train is seeded)"
+
+
+def test_run_help_explains_sweep_and_variant():
+    result = runner.invoke(app, ["run", "--help"])
+    assert result.exit_code == 0
+    assert "--sweep" in result.output and "--variant" in result.output
+    assert "train-ldm.unet.skip_dropout=0,0.2" in " ".join(result.output.split())
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_variants_of_the_real_train_ldm_keys_share_the_vqgan_and_end_in_one_report(copy_of, tmp_path):
+    _, root = copy_of
+    workflow = tmp_path / "reported.yaml"  # TINY, evaluated and reported
+    workflow.write_text(TINY + """  scores:
+    stage: eval-metrics
+    inputs: {models: [ldm]}
+    config: {metrics: [mig], n_jobs: 1}
+  report:
+    inputs: {metrics: [scores]}
+""")
+    result = invoke(workflow, root, "--variant", "baseline:ldm.quantizer=none,ldm.unet.skip_dropout=0",
+                    "--variant", "dyga-sd:ldm.quantizer=dyga,ldm.unet.skip_dropout=0.2")
+    assert result.exit_code == 0, result.output
+    assert statuses(result) == {"data": "up to date", "vqgan": "up to date", "ldm [baseline]": "wrote",
+                                "ldm [dyga-sd]": "wrote", "scores [baseline]": "wrote", "scores [dyga-sd]": "wrote",
+                                "report": "wrote"}
+    store = ArtifactStore(root)
+    baseline, both = store.load("train-ldm/tiny-baseline"), store.load("train-ldm/tiny-dyga-sd")
+    assert (baseline.config["quantizer"], baseline.config["unet"]["skip_dropout"]) == ("none", 0.0)
+    assert (both.config["quantizer"], both.config["unet"]["skip_dropout"]) == ("dyga", 0.2)
+    assert baseline.config["vqgan"] == both.config["vqgan"] == "train-vqgan/tiny@v1"
+    report = store.load("report/tiny")
+    assert result.stdout.strip() == str(report.path)
+    assert report.config["metrics"] == ["eval-metrics/tiny-baseline@v1", "eval-metrics/tiny-dyga-sd@v1"]
+    assert report.results["variants"] == ["baseline", "dyga-sd"] and report.results["baseline"] == "baseline"

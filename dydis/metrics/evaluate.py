@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 GRID_METRICS = ("factor_vae", "dci", "mig", "sap", "modularity", "infomec")
 METRICS = GRID_METRICS + ("tad", "fid")
+# Every key the flat result can hold: the names of train_log.csv's evaluation columns, which the report plots.
+SCORE_KEYS = ("factor_vae", "factor_vae_active", "dci_disentanglement", "dci_completeness", "dci_informativeness",
+              "mig", "sap", "modularity", "explicitness", "infom", "infoe", "infoc", "tad", "tad_captured", "fid")
 
 
 class Scores(dict):

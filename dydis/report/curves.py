@@ -1,0 +1,43 @@
+"""Disentanglement over training: the per-step evaluation columns of the models' train_log.csv.
+
+The training loop writes, on the rows where it evaluates the model, one column per score of
+``dydis.metrics.evaluate`` named exactly as its key (``factor_vae``, ``dci_disentanglement``,
+``mig``, ...), with blank cells on the other rows. A variant's curve is, at each evaluated
+step, the mean and the standard deviation (ddof 0) over its models that evaluated that step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dydis.metrics.evaluate import SCORE_KEYS
+
+
+@dataclass(frozen=True)
+class Curve:
+    variant: str
+    steps: np.ndarray  # (n_steps,) int, ascending
+    mean: np.ndarray  # (n_steps,)
+    std: np.ndarray  # (n_steps,)
+
+
+def score_columns(logs: list[list[dict[str, str]]]) -> list[str]:
+    """The score keys that some log has a value for, in ``SCORE_KEYS`` order."""
+    return [key for key in SCORE_KEYS if any(row.get(key) for rows in logs for row in rows)]
+
+
+def variant_curve(variant: str, logs: list[list[dict[str, str]]], metric: str) -> Curve | None:
+    """The curve of ``metric`` over the logs (rows of train_log.csv) of one variant's models;
+    None when none of them evaluated it."""
+    by_step: dict[int, list[float]] = {}
+    for rows in logs:
+        for row in rows:
+            if row.get(metric):
+                by_step.setdefault(int(float(row["step"])), []).append(float(row[metric]))
+    if not by_step:
+        return None
+    steps = np.array(sorted(by_step))
+    return Curve(variant, steps, np.array([np.mean(by_step[s]) for s in steps]),
+                 np.array([np.std(by_step[s]) for s in steps]))
