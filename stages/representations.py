@@ -21,19 +21,11 @@ from dydis.training import ldm
 from dydis.viz.sampler import Sampler
 
 
-def input_of(artifact: Artifact, role: str, store: ArtifactStore, kind: str) -> Artifact:
-    """The artifact an artifact was made from, by its role (``data``, ``vqgan``)."""
-    entries = artifact.inputs(role)
-    if not entries:
-        raise ArtifactError(f"the manifest names no {role} input", artifact.path)
-    return store.load(entries[0]["path"], kind=kind)
-
-
 def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps: int, batch_size: int) -> Sampler:
     """An ldm artifact's model (EMA U-Net) and the VQ-GAN it was trained with, on ``device``,
     ready to turn units into images (eta 0)."""
     trained = ldm.load_model(model_artifact.file("model.pt"))
-    vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt"))
+    vqgan = VQGAN.from_file(store.input_of(model_artifact, "vqgan", "vqgan").file("model.pt"))
     return Sampler(trained.model.to(device), vqgan.to(device), trained.scale_factor, steps=steps,
                    batch_size=batch_size)
 
@@ -41,7 +33,7 @@ def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps
 def resolve_models(store: ArtifactStore, models: tuple[str, ...], data_ref: str) -> tuple[Artifact, list[Artifact]]:
     """The ldm artifacts and the dataset they were trained on (which ``data_ref`` must match, if given)."""
     artifacts = [store.load(ref, kind="ldm") for ref in models]
-    trained_on = [input_of(a, "data", store, "dataset") for a in artifacts]
+    trained_on = [store.input_of(a, "data", "dataset") for a in artifacts]
     data = store.load(data_ref, kind="dataset") if data_ref else trained_on[0]
     for model, used in zip(artifacts, trained_on):
         if used.manifest_sha256() != data.manifest_sha256():
