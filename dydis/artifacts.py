@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REF = re.compile(r"^(?P<stage>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9][A-Za-z0-9._+-]*)(?:@v(?P<version>[1-9][0-9]*))?$")
 # An input's place in the store holding the manifest, as recorded: <stage>/<name>/v<N>.
 _STORE_PATH = re.compile(r"^(?!\.\.?/)[A-Za-z0-9._-]+/[A-Za-z0-9][A-Za-z0-9._+-]*/v[1-9][0-9]*$")
+# A staging folder: <stage>-<name>@<host>@<pid>-<token>, so that a later writer can tell
+# whether the process that made it is still running.
+_STAGING = re.compile(r"^[^@]+@(?P<host>[^@]+)@(?P<pid>[0-9]+)-[0-9a-f]{12}$")
 
 
 def default_root() -> Path:
@@ -333,7 +337,8 @@ class ArtifactWriter:
         staging = self.store.root / ".staging"
         try:
             staging.mkdir(parents=True, exist_ok=True)
-            self.dir = staging / f"{self.stage}-{self.name}-{uuid.uuid4().hex[:12]}"
+            remove_abandoned_staging(staging)
+            self.dir = staging / f"{self.stage}-{self.name}@{_host()}@{os.getpid()}-{uuid.uuid4().hex[:12]}"
             self.dir.mkdir()
         except OSError as err:
             raise ArtifactError(f"cannot write to the artifact store ({err.strerror})", self.store.root) from None
@@ -422,6 +427,36 @@ class ArtifactWriter:
             final = parent / f"v{version}"
             return Artifact(final, manifest)
         raise ArtifactError("could not find a free version number after 100 attempts", parent)
+
+
+def _host() -> str:
+    """This machine's name as it may appear in a staging folder's name (no ``@`` or ``/``)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def remove_abandoned_staging(staging: Path) -> None:
+    """Remove the staging folders whose writer died without cleaning up (kill -9, power loss).
+
+    Each folder's name carries its writer's host and process id. Only folders made on this
+    host by a process that no longer exists are removed: a live writer's folder, one from
+    another host (whose processes cannot be checked from here) and one in an older naming
+    are left alone. A reused process id keeps a stale folder until that process ends too.
+    """
+    host = _host()
+    for folder in staging.iterdir():
+        match = _STAGING.match(folder.name)
+        if match and match["host"] == host and not _process_alive(int(match["pid"])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def git_commit() -> str | None:

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -223,3 +227,40 @@ def test_a_relative_input_path_stays_inside_the_store(store_root, recorded):
     with pytest.raises(ArtifactError, match="is not <stage>/<name>/v<N>"):
         model.input_path(entry)
 
+
+# ---- staging folders of killed writers ------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from dydis.artifacts import ArtifactStore
+with ArtifactStore(sys.argv[1]).create(stage="prepare-data", name=sys.argv[2], kind="dataset", config={}) as w:
+    (w.dir / "half.bin").write_bytes(b"x" * 1000)
+    print(w.dir, flush=True)
+    time.sleep(60)
+"""
+
+
+def start_writer(root, name):
+    """A process in the middle of writing an artifact: (the process, its staging folder)."""
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(root), name], stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_the_next_write_removes_the_staging_folders_of_killed_writers_only(store_root):
+    killed, killed_dir = start_writer(store_root, "killed")
+    live, live_dir = start_writer(store_root, "live")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        other_host = store_root / ".staging" / f"prepare-data-x@another-host@{killed.pid}-{'0' * 12}"
+        older = store_root / ".staging" / f"prepare-data-x-{'0' * 12}"  # the naming before owners were recorded
+        other_host.mkdir(), older.mkdir()
+        with ArtifactStore(store_root).create(stage="prepare-data", name="mine", kind="dataset", config={}) as writer:
+            mine = writer.dir
+            assert not killed_dir.exists() and live_dir.is_dir() and (live_dir / "half.bin").is_file()
+            assert other_host.is_dir() and older.is_dir()
+        assert sorted((store_root / ".staging").iterdir()) == sorted([live_dir, other_host, older])
+        assert not mine.exists() and writer.artifact.path == store_root / "prepare-data/mine/v1"
+    finally:
+        live.kill()
+        live.wait()
