@@ -4,6 +4,7 @@ dataset row (computed once per model, stored as an .npz), and reading such files
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ArtifactError, DataError
+from dydis.metrics import check_values
 from dydis.models.vqgan import VQGAN
 from dydis.progress import Progress
 from dydis.training import ldm
@@ -62,17 +64,24 @@ def load_codes(path: str | Path, n_rows: int, reduce: str = "pca") -> np.ndarray
     if not path.is_file():
         raise DataError("representation file not found", path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"expected an .npz archive (np.savez) holding an array 'codes', found a bare .npy "
+                            f"array {loaded.dtype} {loaded.shape}", path)
+        with loaded as npz:
             if "codes" not in npz:
                 raise DataError(f"expected an array 'codes' in the npz, found keys {sorted(npz.files)}", path)
             codes = npz["scalars"] if reduce == "scalar" and "scalars" in npz else npz["codes"]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"not a readable .npz file ({err.__class__.__name__})", path) from None
-    if codes.ndim not in (2, 3) or codes.shape[0] != n_rows or codes.dtype.kind not in "fiu":
-        raise DataError(f"codes: expected numbers of shape ({n_rows}, n_codes) or ({n_rows}, N, D) to match the "
-                        f"dataset's rows, found {codes.dtype} {codes.shape}", path)
-    if not np.isfinite(codes).all():
-        raise DataError("codes contain NaN or infinite values", path)
+    if (codes.ndim not in (2, 3) or codes.shape[0] != n_rows or 0 in codes.shape[1:]
+            or codes.dtype.kind not in "fiu"):
+        raise DataError(f"codes: expected numbers of shape ({n_rows}, n_codes) or ({n_rows}, N, D), n_codes, N, "
+                        f"D >= 1, to match the dataset's rows, found {codes.dtype} {codes.shape}", path)
+    try:
+        check_values(codes)
+    except DataError as err:
+        raise DataError(err.message, path) from None
     return codes.astype(np.float64)
 
 
