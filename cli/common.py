@@ -67,8 +67,13 @@ def debug_enabled(flag: bool = False) -> bool:
     return flag or os.environ.get("DYDIS_DEBUG", "") not in ("", "0")
 
 
-def fail(message: str, code: int = 2) -> None:
+def print_error(message: str) -> None:
+    """The one ``error: ...`` line on stderr."""
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print_error(message)
     raise typer.Exit(code)
 
 

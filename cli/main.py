@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import typer
 
 from dydis import __version__
 from dydis.cli import artifacts
-from dydis.cli.common import show_logs
+from dydis.cli.common import print_error, show_logs
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
@@ -52,5 +55,28 @@ app.command("run")(run)
 app.add_typer(artifacts.app, name="artifacts")
 
 
+# typer raises click's exceptions, and recent typer releases vendor click: reach its exception
+# module through a public typer class instead of a module name that depends on the release.
+_click = importlib.import_module(typer.BadParameter.__module__)
+
+
 def main() -> None:
-    app()
+    """Run the app. A usage error (unknown option, missing value, bad choice) is one ``error:``
+    line and exit code 2, like every other bad input, instead of click's usage block."""
+    try:
+        code = app(prog_name="dydis", standalone_mode=False)
+    except _click.UsageError as err:
+        if isinstance(err, getattr(_click, "NoArgsIsHelpError", ())):
+            err.show()  # a bare `dydis`: the help text
+        else:
+            message = " ".join(err.format_message().split()).rstrip(".")
+            command = err.ctx.command_path if err.ctx is not None else "dydis"
+            print_error(f"{message[:1].lower()}{message[1:]} (see '{command} --help')")
+        sys.exit(err.exit_code)
+    except _click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except typer.Abort:
+        print_error("aborted")
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)  # an int is a typer.Exit code; commands return None

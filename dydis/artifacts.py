@@ -5,6 +5,10 @@ Every stage writes exactly one artifact, a directory ``<root>/<stage>/<name>/v<N
 their manifest hashes, environment, seed) and what it holds (file hashes, results). It is
 assembled in a temporary directory and renamed into place only when complete, so a crash
 never leaves half an artifact, and it is never modified afterwards.
+
+A manifest records each input by its path relative to the store root (``stage/name/vN``) and
+is read against the store that holds it, so a store can be moved or copied whole: a copy
+reads its own inputs, never the original's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +50,11 @@ SCHEMAS: dict[str, int] = {
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _REF = re.compile(r"^(?P<stage>[A-Za-z0-9._-]+)/(?P<name>[A-Za-z0-9][A-Za-z0-9._+-]*)(?:@v(?P<version>[1-9][0-9]*))?$")
+# An input's place in the store holding the manifest, as recorded: <stage>/<name>/v<N>.
+_STORE_PATH = re.compile(r"^(?!\.\.?/)[A-Za-z0-9._-]+/[A-Za-z0-9][A-Za-z0-9._+-]*/v[1-9][0-9]*$")
+# A staging folder: <stage>-<name>@<host>@<pid>-<token>, so that a later writer can tell
+# whether the process that made it is still running.
+_STAGING = re.compile(r"^[^@]+@(?P<host>[^@]+)@(?P<pid>[0-9]+)-[0-9a-f]{12}$")
 
 
 def default_root() -> Path:
@@ -112,6 +122,29 @@ class Artifact:
     def inputs(self, role: str) -> list[dict[str, Any]]:
         """The manifest's entries of the artifacts this one was made from in ``role`` (``data``, ``vqgan``)."""
         return [entry for entry in self.manifest.get("inputs") or [] if entry.get("role") == role]
+
+    def input_path(self, entry: dict[str, Any]) -> Path:
+        """Directory of the input that ``entry`` (one of the manifest's ``inputs``) records.
+
+        A relative path is the input's place in the store that holds this artifact
+        (``<root>/<stage>/<name>/v<N>``), wherever that store now is. An absolute path comes
+        from a manifest written before paths were relative, or names an artifact outside the
+        store; the holding store's artifact of the same ref is preferred when its manifest is
+        the one recorded, so that a moved or copied old store reads its own inputs too.
+        """
+        recorded = str(entry.get("path", ""))
+        root = self.path.parent.parent.parent
+        if not Path(recorded).is_absolute():
+            if not _STORE_PATH.match(recorded):
+                raise ArtifactError(f"input path {recorded!r} in the manifest is not <stage>/<name>/v<N>",
+                                    self.path / MANIFEST)
+            return root / recorded
+        ref = _REF.match(str(entry.get("ref", "")))
+        if ref and ref["version"]:
+            here = root / ref["stage"] / ref["name"] / f"v{ref['version']}"
+            if (here / MANIFEST).is_file() and sha256_file(here / MANIFEST) == entry.get("manifest_sha256"):
+                return here
+        return Path(recorded)
 
     def file(self, name: str) -> Path:
         """Path of one of the artifact's files; an error if the manifest does not list it."""
@@ -231,13 +264,26 @@ class ArtifactStore:
         found.sort(key=lambda a: (a.stage, a.name, a.version))
         return found
 
+    def input_of(self, artifact: Artifact, role: str, kind: str) -> Artifact:
+        """The artifact ``artifact`` was made from in ``role`` (``data``, ``vqgan``), loaded and
+        checked: its manifest must still be the one whose sha256 ``artifact`` recorded, or the
+        input is no longer what ``artifact`` was made from."""
+        entries = artifact.inputs(role)
+        if not entries:
+            raise ArtifactError(f"the manifest names no {role} input", artifact.path)
+        found = self.load(artifact.input_path(entries[0]), kind=kind)
+        if found.manifest_sha256() != entries[0].get("manifest_sha256"):
+            raise ArtifactError(f"sha256 differs from the one {artifact.ref} recorded when it was made from it: "
+                                "the manifest was changed since", found.path / MANIFEST)
+        return found
+
     def lineage(self, artifact: Artifact) -> Iterator[tuple[int, dict[str, Any], Artifact | None, bool]]:
         """Depth-first walk of the inputs: (depth, input entry, loaded artifact or None, hash ok)."""
 
         def walk(current: Artifact, depth: int):
             for entry in current.manifest.get("inputs") or []:
-                path = Path(entry.get("path", ""))
                 try:
+                    path = current.input_path(entry)
                     parent = Artifact(path, read_manifest(path))
                     intact = parent.manifest_sha256() == entry.get("manifest_sha256")
                 except ArtifactError:
@@ -292,7 +338,8 @@ class ArtifactWriter:
         staging = self.store.root / ".staging"
         try:
             staging.mkdir(parents=True, exist_ok=True)
-            self.dir = staging / f"{self.stage}-{self.name}-{uuid.uuid4().hex[:12]}"
+            remove_abandoned_staging(staging)
+            self.dir = staging / f"{self.stage}-{self.name}@{_host()}@{os.getpid()}-{uuid.uuid4().hex[:12]}"
             self.dir.mkdir()
         except OSError as err:
             raise ArtifactError(f"cannot write to the artifact store ({err.strerror})", self.store.root) from None
@@ -339,7 +386,7 @@ class ArtifactWriter:
             "seed": self.seed,
             "config": self.config,
             "inputs": [
-                {"role": role, "ref": art.ref, "path": str(art.path.resolve()), "kind": art.kind,
+                {"role": role, "ref": art.ref, "path": self._recorded_path(art), "kind": art.kind,
                  "manifest_sha256": art.manifest_sha256()}
                 for role, art in self.inputs.items()
             ],
@@ -347,6 +394,16 @@ class ArtifactWriter:
             "files": files,
             "results": self.results,
         })
+
+    def _recorded_path(self, art: Artifact) -> str:
+        """An input's path relative to the store root when it is one of this store's artifacts
+        (the new one will sit beside it), else absolute."""
+        path = art.path.resolve()
+        try:
+            relative = path.relative_to(self.store.root.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+        return relative if _STORE_PATH.match(relative) else str(path)
 
     def _publish(self) -> Artifact:
         parent = self.store.root / self.stage / self.name
@@ -371,6 +428,36 @@ class ArtifactWriter:
             final = parent / f"v{version}"
             return Artifact(final, manifest)
         raise ArtifactError("could not find a free version number after 100 attempts", parent)
+
+
+def _host() -> str:
+    """This machine's name as it may appear in a staging folder's name (no ``@`` or ``/``)."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "localhost"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def remove_abandoned_staging(staging: Path) -> None:
+    """Remove the staging folders whose writer died without cleaning up (kill -9, power loss).
+
+    Each folder's name carries its writer's host and process id. Only folders made on this
+    host by a process that no longer exists are removed: a live writer's folder, one from
+    another host (whose processes cannot be checked from here) and one in an older naming
+    are left alone. A reused process id keeps a stale folder until that process ends too.
+    """
+    host = _host()
+    for folder in staging.iterdir():
+        match = _STAGING.match(folder.name)
+        if match and match["host"] == host and not _process_alive(int(match["pid"])):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def git_commit() -> str | None:

@@ -23,6 +23,8 @@ PREVIEW_IMAGES = 64
 
 def select_rows(n_rows: int, config: PrepareDataConfig, source_path) -> np.ndarray:
     """The rows to keep, increasing: all of them, or a seeded random subset."""
+    if n_rows == 0:
+        raise DataError("the dataset holds no images", source_path or config.dataset)
     if config.subset is None and config.fraction is None:
         return np.arange(n_rows, dtype=np.int64)
     count = config.subset if config.subset is not None else max(1, round(config.fraction * n_rows))

@@ -4,6 +4,7 @@ dataset row (computed once per model, stored as an .npz), and reading such files
 from __future__ import annotations
 
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,25 +16,18 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ArtifactError, DataError
+from dydis.metrics import check_values
 from dydis.models.vqgan import VQGAN
 from dydis.progress import Progress
 from dydis.training import ldm
 from dydis.viz.sampler import Sampler
 
 
-def input_of(artifact: Artifact, role: str, store: ArtifactStore, kind: str) -> Artifact:
-    """The artifact an artifact was made from, by its role (``data``, ``vqgan``)."""
-    entries = artifact.inputs(role)
-    if not entries:
-        raise ArtifactError(f"the manifest names no {role} input", artifact.path)
-    return store.load(entries[0]["path"], kind=kind)
-
-
 def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps: int, batch_size: int) -> Sampler:
     """An ldm artifact's model (EMA U-Net) and the VQ-GAN it was trained with, on ``device``,
     ready to turn units into images (eta 0)."""
     trained = ldm.load_model(model_artifact.file("model.pt"))
-    vqgan = VQGAN.from_file(input_of(model_artifact, "vqgan", store, "vqgan").file("model.pt"))
+    vqgan = VQGAN.from_file(store.input_of(model_artifact, "vqgan", "vqgan").file("model.pt"))
     return Sampler(trained.model.to(device), vqgan.to(device), trained.scale_factor, steps=steps,
                    batch_size=batch_size)
 
@@ -41,7 +35,7 @@ def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps
 def resolve_models(store: ArtifactStore, models: tuple[str, ...], data_ref: str) -> tuple[Artifact, list[Artifact]]:
     """The ldm artifacts and the dataset they were trained on (which ``data_ref`` must match, if given)."""
     artifacts = [store.load(ref, kind="ldm") for ref in models]
-    trained_on = [input_of(a, "data", store, "dataset") for a in artifacts]
+    trained_on = [store.input_of(a, "data", "dataset") for a in artifacts]
     data = store.load(data_ref, kind="dataset") if data_ref else trained_on[0]
     for model, used in zip(artifacts, trained_on):
         if used.manifest_sha256() != data.manifest_sha256():
@@ -70,17 +64,24 @@ def load_codes(path: str | Path, n_rows: int, reduce: str = "pca") -> np.ndarray
     if not path.is_file():
         raise DataError("representation file not found", path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise DataError(f"expected an .npz archive (np.savez) holding an array 'codes', found a bare .npy "
+                            f"array {loaded.dtype} {loaded.shape}", path)
+        with loaded as npz:
             if "codes" not in npz:
                 raise DataError(f"expected an array 'codes' in the npz, found keys {sorted(npz.files)}", path)
             codes = npz["scalars"] if reduce == "scalar" and "scalars" in npz else npz["codes"]
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"not a readable .npz file ({err.__class__.__name__})", path) from None
-    if codes.ndim not in (2, 3) or codes.shape[0] != n_rows or codes.dtype.kind not in "fiu":
-        raise DataError(f"codes: expected numbers of shape ({n_rows}, n_codes) or ({n_rows}, N, D) to match the "
-                        f"dataset's rows, found {codes.dtype} {codes.shape}", path)
-    if not np.isfinite(codes).all():
-        raise DataError("codes contain NaN or infinite values", path)
+    if (codes.ndim not in (2, 3) or codes.shape[0] != n_rows or 0 in codes.shape[1:]
+            or codes.dtype.kind not in "fiu"):
+        raise DataError(f"codes: expected numbers of shape ({n_rows}, n_codes) or ({n_rows}, N, D), n_codes, N, "
+                        f"D >= 1, to match the dataset's rows, found {codes.dtype} {codes.shape}", path)
+    try:
+        check_values(codes)
+    except DataError as err:
+        raise DataError(err.message, path) from None
     return codes.astype(np.float64)
 
 

@@ -20,7 +20,7 @@ from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ConfigError, DataError
 from dydis.progress import Progress, SilentProgress
-from dydis.stages.representations import input_of, sampler_for
+from dydis.stages.representations import sampler_for
 from dydis.training.csvlog import read_rows
 from dydis.training.ldm import extract_features, load_model
 from dydis.viz import figures
@@ -43,7 +43,7 @@ def run(cfg: VisualizeConfig, store: ArtifactStore, *, name: str | None = None,
     inputs = {f"model_{i}" if i else "model": model for i, model in enumerate(models)}
     data = None
     if cfg.what != "curves":
-        data = store.load(cfg.data, kind="dataset") if cfg.data else input_of(models[0], "data", store, "dataset")
+        data = store.load(cfg.data, kind="dataset") if cfg.data else store.input_of(models[0], "data", "dataset")
         inputs["data"] = data
     started = time.perf_counter()
     with store.create(stage=STAGE, name=name or f"{models[0].name}-{cfg.what}", kind="viz", config=to_dict(cfg),

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -124,3 +129,138 @@ def test_version_race_takes_the_next_number(store_root, monkeypatch):
     assert len(looks) == 2 and second.version == 2 and second.path.name == "v2"
     assert set(second.manifest["files"]) == {"data.bin"}  # the first attempt's manifest is not hashed as a file
     assert store.load("prepare-data/demo@v2").version == 2
+
+
+# ---- inputs are recorded relative to the store, which can move ----------------------------------
+
+def chain(store):
+    """dataset -> vqgan -> ldm, each made from the one before (the ldm from both)."""
+    data = publish(store)
+    vqgan = publish(store, name="model", kind="vqgan", stage="train-vqgan", inputs={"data": data})
+    return publish(store, name="model", kind="ldm", stage="train-ldm", inputs={"data": data, "vqgan": vqgan})
+
+
+def inputs_of(store, ref="train-ldm/model"):
+    """The chain walked back from the ldm: (vqgan, its dataset, the ldm's dataset)."""
+    ldm = store.load(ref)
+    vqgan = store.input_of(ldm, "vqgan", "vqgan")
+    return vqgan, store.input_of(vqgan, "data", "dataset"), store.input_of(ldm, "data", "dataset")
+
+
+def test_inputs_are_recorded_relative_to_the_store_root(store_root, tmp_path):
+    ldm = chain(ArtifactStore(store_root))
+    assert [entry["path"] for entry in ldm.manifest["inputs"]] == ["prepare-data/demo/v1", "train-vqgan/model/v1"]
+    outside = publish(ArtifactStore(tmp_path / "other"), name="outside")
+    made = publish(ArtifactStore(store_root), name="from-outside", kind="vqgan", inputs={"data": outside})
+    assert made.manifest["inputs"][0]["path"] == str(outside.path.resolve())  # not in this store: absolute
+    assert ArtifactStore(store_root).input_of(made, "data", "dataset").path == outside.path.resolve()
+
+
+def test_a_moved_store_reads_its_inputs_where_it_now_is(store_root, tmp_path):
+    chain(ArtifactStore(store_root))
+    moved = tmp_path / "moved" / "store"
+    shutil.move(store_root, moved)
+    store = ArtifactStore(moved)
+    assert [a.path for a in inputs_of(store)] == [moved / "train-vqgan/model/v1", moved / "prepare-data/demo/v1",
+                                                  moved / "prepare-data/demo/v1"]
+    assert [(parent.path, intact) for _, _, parent, intact in store.lineage(store.load("train-ldm/model"))] == [
+        (moved / "prepare-data/demo/v1", True), (moved / "train-vqgan/model/v1", True),
+        (moved / "prepare-data/demo/v1", True)]
+
+
+def test_a_copied_store_reads_only_its_own_files(store_root, tmp_path):
+    chain(ArtifactStore(store_root))
+    copy = tmp_path / "copy"
+    shutil.copytree(store_root, copy)
+    original = store_root / "prepare-data/demo/v1/data.bin"
+    original.chmod(0o644)
+    original.write_bytes(b"jello")  # the original changes: the copy must not notice
+    vqgan, data, _ = inputs_of(ArtifactStore(copy))
+    assert vqgan.path == copy / "train-vqgan/model/v1" and data.path == copy / "prepare-data/demo/v1"
+    shutil.rmtree(store_root)
+    assert all(a.path.is_relative_to(copy) for a in inputs_of(ArtifactStore(copy)))
+
+
+def make_old(artifact, input_dir):
+    """Rewrite a manifest the way dydis wrote it before paths were relative: absolute input paths."""
+    path = artifact.path / MANIFEST
+    manifest = yaml.safe_load(path.read_text())
+    manifest["inputs"][0]["path"] = str(input_dir.resolve())
+    path.chmod(0o644)
+    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+
+def test_old_manifests_with_absolute_paths_still_load_in_place_moved_and_copied(store_root, tmp_path):
+    store = ArtifactStore(store_root)
+    data = publish(store)
+    make_old(publish(store, name="model", kind="vqgan", stage="train-vqgan", inputs={"data": data}), data.path)
+    assert store.input_of(store.load("train-vqgan/model"), "data", "dataset").path == data.path.resolve()
+    copy = tmp_path / "copy"
+    shutil.copytree(store_root, copy)
+    found = ArtifactStore(copy).input_of(ArtifactStore(copy).load("train-vqgan/model"), "data", "dataset")
+    assert found.path == copy / "prepare-data/demo/v1"  # the copy's own dataset, not the original's
+    moved = tmp_path / "moved"
+    shutil.move(store_root, moved)
+    found = ArtifactStore(moved).input_of(ArtifactStore(moved).load("train-vqgan/model"), "data", "dataset")
+    assert found.path == moved / "prepare-data/demo/v1"
+
+
+def test_an_input_manifest_edited_after_use_is_refused(store_root):
+    store = ArtifactStore(store_root)
+    chain(store)
+    edited = store_root / "prepare-data/demo/v1" / MANIFEST
+    edited.chmod(0o644)
+    edited.write_text(edited.read_text() + "# edited\n")
+    with pytest.raises(ArtifactError) as caught:
+        store.input_of(store.load("train-vqgan/model"), "data", "dataset")
+    assert str(caught.value) == (f"{edited}: sha256 differs from the one train-vqgan/model@v1 recorded when it was "
+                                 "made from it: the manifest was changed since")
+    walk = [(parent.ref, intact) for _, _, parent, intact in store.lineage(store.load("train-ldm/model"))]
+    assert walk == [("prepare-data/demo@v1", False), ("train-vqgan/model@v1", True), ("prepare-data/demo@v1", False)]
+
+
+@pytest.mark.parametrize("recorded", ["../outside/demo/v1", "prepare-data/demo", "prepare-data/../../demo/v1"])
+def test_a_relative_input_path_stays_inside_the_store(store_root, recorded):
+    store = ArtifactStore(store_root)
+    model = publish(store, name="model", kind="vqgan", stage="train-vqgan", inputs={"data": publish(store)})
+    entry = dict(model.inputs("data")[0], path=recorded)
+    with pytest.raises(ArtifactError, match="is not <stage>/<name>/v<N>"):
+        model.input_path(entry)
+
+
+# ---- staging folders of killed writers ------------------------------------------------------------
+
+WRITER = """
+import sys, time
+from dydis.artifacts import ArtifactStore
+with ArtifactStore(sys.argv[1]).create(stage="prepare-data", name=sys.argv[2], kind="dataset", config={}) as w:
+    (w.dir / "half.bin").write_bytes(b"x" * 1000)
+    print(w.dir, flush=True)
+    time.sleep(60)
+"""
+
+
+def start_writer(root, name):
+    """A process in the middle of writing an artifact: (the process, its staging folder)."""
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(root), name], stdout=subprocess.PIPE, text=True)
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_the_next_write_removes_the_staging_folders_of_killed_writers_only(store_root):
+    killed, killed_dir = start_writer(store_root, "killed")
+    live, live_dir = start_writer(store_root, "live")
+    try:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        other_host = store_root / ".staging" / f"prepare-data-x@another-host@{killed.pid}-{'0' * 12}"
+        older = store_root / ".staging" / f"prepare-data-x-{'0' * 12}"  # the naming before owners were recorded
+        other_host.mkdir(), older.mkdir()
+        with ArtifactStore(store_root).create(stage="prepare-data", name="mine", kind="dataset", config={}) as writer:
+            mine = writer.dir
+            assert not killed_dir.exists() and live_dir.is_dir() and (live_dir / "half.bin").is_file()
+            assert other_host.is_dir() and older.is_dir()
+        assert sorted((store_root / ".staging").iterdir()) == sorted([live_dir, other_host, older])
+        assert not mine.exists() and writer.artifact.path == store_root / "prepare-data/mine/v1"
+    finally:
+        live.kill()
+        live.wait()

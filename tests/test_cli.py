@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from conftest import write_shapes3d
-from dydis.cli.main import app
+from dydis import __version__
+from dydis.cli.main import app, main
 
 runner = CliRunner()
 STAGES = ["prepare-data", "train-vqgan", "train-ldm", "eval-metrics", "downstream-gbt"]
@@ -72,3 +75,33 @@ def test_internal_failure_exits_1_without_traceback(monkeypatch, tmp_path):
     assert "Traceback" not in result.stderr
     result = runner.invoke(app, ["prepare-data", "--root", str(tmp_path), "--debug"])
     assert result.exit_code == 1 and "Traceback" in result.stderr
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """The console script's entry point on ``dydis ARGS``: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["dydis", *args])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    out, err = capsys.readouterr()
+    return exited.value.code, out, err
+
+
+@pytest.mark.parametrize("args, start, end", [
+    (["train-ldm", "--foo"], "error: no such option: --foo", " (see 'dydis train-ldm --help')"),
+    (["artifacts", "show"], "error: missing argument 'ref'", " (see 'dydis artifacts show --help')"),
+    (["nosuch"], "error: no such command 'nosuch'", " (see 'dydis --help')"),
+    (["eval-metrics", "--data"], "error: option '--data' requires an argument", " (see 'dydis --help')"),
+    (["prepare-data", "--seed", "abc"], "error: invalid value for '--seed': ", " (see 'dydis prepare-data --help')"),
+])
+def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, args, start, end):
+    code, out, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and out == ""
+    assert err.startswith(start) and err.endswith(end + "\n") and err.count("\n") == 1, err
+
+
+def test_the_entry_point_keeps_every_other_exit_code(monkeypatch, capsys, tmp_path):
+    assert run_main(monkeypatch, capsys, "--version") == (0, f"{__version__}\n", "")
+    code, out, err = run_main(monkeypatch, capsys, "artifacts", "show", "prepare-data/nothing", "--root", str(tmp_path))
+    assert code == 2 and out == "" and err.startswith("error: prepare-data/nothing: no artifact")
+    code, _, err = run_main(monkeypatch, capsys)  # no command: the help text, as before
+    assert code == 2 and "Commands:" in err and "prepare-data" in err

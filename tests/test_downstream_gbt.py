@@ -127,16 +127,22 @@ def test_cli_one_model_spreads_over_seeds(tmp_path, dataset):
     assert report["summary"]["ratio_16"]["mean"] == pytest.approx(1.0, abs=0.02)
 
 
-@pytest.mark.parametrize("case", ["missing", "one size"])
+@pytest.mark.parametrize("case", ["missing", "one size", "npy", "no codes", "huge"])
 def test_cli_bad_input_exit_2(tmp_path, dataset, case):
     root, factors = dataset
-    path = tmp_path / "reps.npz"
+    path = tmp_path / ("reps.npy" if case == "npy" else "reps.npz")
     if case == "one size":
         np.savez(path, codes=factors.astype(float))
+    elif case == "npy":
+        np.save(path, factors.astype(float))
+    elif case == "no codes":
+        np.savez(path, codes=np.zeros((len(factors), 0)))
+    elif case == "huge":
+        np.savez(path, codes=factors * 1e300)
     before = artifact_dirs(root)
     result = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", str(path),
                                  "--sizes", "100" if case == "one size" else "48,16", "--root", str(root)])
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    assert ("reps.npz" if case == "missing" else "sizes") in result.stderr
+    assert ("sizes" if case == "one size" else f"error: {path}: ") in result.stderr
     assert artifact_dirs(root) == before

@@ -39,11 +39,21 @@ def test_identity_and_shuffled_codes(tmp_path, dataset):
     assert "mig" in result.stderr and "±" in result.stderr
 
 
-@pytest.mark.parametrize("case", ["missing", "key", "rows", "nan"])
+@pytest.mark.parametrize("case", ["missing", "key", "rows", "nan", "npy", "no codes", "no units", "huge", "huge units"])
 def test_bad_reps_exit_2(tmp_path, dataset, case):
     root, factors = dataset
-    path = tmp_path / "reps.npz"
-    if case == "key":
+    path = tmp_path / ("reps.npy" if case == "npy" else "reps.npz")
+    if case == "npy":  # np.save: one bare array, not the npz archive with a 'codes' array
+        np.save(path, factors.astype(float))
+    elif case == "no codes":
+        np.savez(path, codes=np.zeros((len(factors), 0)))
+    elif case == "no units":
+        np.savez(path, codes=np.zeros((len(factors), 3, 0)))
+    elif case == "huge":  # squares overflow float64: SAP's solver once spun on this for over 10 minutes
+        np.savez(path, codes=factors * 1e300)
+    elif case == "huge units":
+        np.savez(path, codes=np.repeat(factors[:, :, None] * 1e300, 2, axis=2))
+    elif case == "key":
         np.savez(path, z=factors.astype(float))
     elif case == "rows":
         np.savez(path, codes=factors[:-1].astype(float))
@@ -54,5 +64,16 @@ def test_bad_reps_exit_2(tmp_path, dataset, case):
     before = artifact_dirs(tmp_path / "store")
     result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(path), "--root", root])
     assert result.exit_code == 2
-    assert result.stderr.startswith("error: ") and "reps.npz" in result.stderr
+    assert result.stderr.startswith(f"error: {path}: ") and result.stderr.count("\n") == 1, result.stderr
     assert artifact_dirs(tmp_path / "store") == before
+
+
+def test_one_code_is_refused_by_the_metrics_that_compare_two(tmp_path, dataset):
+    root, factors = dataset
+    path = tmp_path / "one.npz"
+    np.savez(path, codes=factors[:, :1].astype(float))
+    for metric in ("mig", "sap"):
+        result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(path),
+                                     "--metrics", metric, "--root", root])
+        assert result.exit_code == 2 and result.stdout == "", result.output
+        assert result.stderr.strip().startswith(f"error: {metric.upper()} needs at least two codes, found 1")

@@ -96,6 +96,16 @@ def test_refuses_what_it_cannot_compute(data):
     bad[0, 0] = np.nan
     with pytest.raises(DataError, match="NaN"):
         evaluate(bad, gt, metrics="mig")
+    with pytest.raises(DataError, match="codes reach [0-9.]+e\\+300 in magnitude, beyond float32's range"):
+        sap(codes * 1e300, gt, n_jobs=1, **QUICK["sap"])  # liblinear once looped for over 10 minutes on these
+
+
+def test_codes_large_within_float32_give_the_scores_of_their_rescaled_selves(data):
+    gt, codes = data
+    metrics = ("mig", "dci", "factor_vae", "modularity", "infomec")  # SAP's SVM is not scale-free (C=0.01)
+    options = {m: QUICK[m] for m in metrics}
+    large = evaluate(codes * 1e37, gt, metrics=metrics, n_jobs=1, options=options)
+    assert large == pytest.approx(evaluate(codes, gt, metrics=metrics, n_jobs=1, options=options))
 
 
 def test_reduce_units_modes():

@@ -14,6 +14,7 @@ from dydis.cli.main import app
 from dydis.config import PrepareDataConfig
 from dydis.data.factors import FactorSpace
 from dydis.data.shapes3d import FACTOR_SIZES as SHAPES3D_SIZES
+from dydis.data.shapes3d import FACTOR_VALUES as SHAPES3D_VALUES
 from dydis.data.standard import DatasetFile
 from dydis.stages import prepare_data
 
@@ -108,11 +109,19 @@ def _bad_h5(tmp_path, kind):
         elif kind == "labels":
             h5.create_dataset("images", data=np.zeros((2, 64, 64, 3), np.uint8))
             h5.create_dataset("labels", data=np.full((2, 6), 0.55))
+        elif kind == "nan-labels":  # NaN is near no grid value, yet compares false with every distance
+            labels = np.tile([values[0] for values in SHAPES3D_VALUES], (2, 1))
+            labels[1, 2] = np.nan
+            h5.create_dataset("images", data=np.zeros((2, 64, 64, 3), np.uint8))
+            h5.create_dataset("labels", data=labels)
+        elif kind == "no-rows":
+            h5.create_dataset("images", data=np.zeros((0, 64, 64, 3), np.uint8))
+            h5.create_dataset("labels", data=np.zeros((0, 6)))
     return path
 
 
 def _bad_source(tmp_path, case):
-    if case in ("key", "dtype", "shape", "labels"):
+    if case in ("key", "dtype", "shape", "labels", "nan-labels", "no-rows"):
         return ["--dataset", "shapes3d", "--source", str(_bad_h5(tmp_path, case))], "3dshapes.h5"
     if case == "missing":
         return ["--dataset", "shapes3d", "--source", str(tmp_path / "nowhere.h5")], "nowhere.h5"
@@ -128,6 +137,12 @@ def _bad_source(tmp_path, case):
         data[2000:2600] = b"\x00" * 600  # damage the deflated imgs stream
         path.write_bytes(bytes(data))
         return ["--dataset", "dsprites", "--source", str(path)], "dsprites.npz"
+    if case == "flipped-npz":  # one bit of one image changed: only the member's CRC-32 can tell
+        path = write_mpi3d(tmp_path / "mpi3d_toy.npz", 1152)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+        return ["--dataset", "mpi3d-toy", "--source", str(path), "--factor-sizes", "2,2,2,3,3,4,4"], "mpi3d_toy.npz"
     if case == "npz-key":
         path = tmp_path / "mpi3d_toy.npz"
         np.savez(path, imgs=np.zeros((4, 64, 64, 3), np.uint8))
@@ -143,8 +158,8 @@ def _bad_source(tmp_path, case):
     raise AssertionError(case)
 
 
-BAD_CASES = ["key", "dtype", "shape", "labels", "missing", "truncated-h5", "truncated-npz", "corrupt-npz", "npz-key",
-             "row-count", "subset-too-large", "unknown-dataset"]
+BAD_CASES = ["key", "dtype", "shape", "labels", "nan-labels", "no-rows", "missing", "truncated-h5", "truncated-npz",
+             "corrupt-npz", "flipped-npz", "npz-key", "row-count", "subset-too-large", "unknown-dataset"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -8,6 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import artifact_dirs
+from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
 from dydis.training.ldm import load_model
 
@@ -116,8 +117,8 @@ def test_eval_metrics_of_a_model_stores_its_representation(store, ldm_artifact):
     with np.load(f"{path}/reps.npz") as reps:
         codes, scalars = reps["codes"], reps["scalars"]
     model = load_model(f"{ldm_artifact}/model.pt").model
-    data_path = next(i["path"] for i in manifest["inputs"] if i["role"] == "data")
-    with DatasetFile(f"{data_path}/data.h5") as data:
+    metrics = ArtifactStore(store).load(path)
+    with DatasetFile(ArtifactStore(store).input_of(metrics, "data", "dataset").file("data.h5")) as data:
         images = data.images[()]
     expected_units, expected_scalars = represent(model, lambda part: images[part], len(images), torch.device("cpu"))
     assert codes.shape == (64, 3, 32) and scalars.shape == (64, 3)  # every row, in dataset order

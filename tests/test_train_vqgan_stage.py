@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import artifact_dirs
+from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
 
 runner = CliRunner()
@@ -40,7 +41,9 @@ def test_train_vqgan_writes_weights_and_latent_cache(tmp_path):
     from dydis.training.batches import to_model_input
 
     model = VQGAN.from_file(f"{path}/model.pt")
-    with DatasetFile(manifest["inputs"][0]["path"] + "/data.h5") as ds, torch.no_grad():
+    store = ArtifactStore(root)
+    data_dir = store.input_of(store.load(path), "data", "dataset").path
+    with DatasetFile(data_dir / "data.h5") as ds, torch.no_grad():
         expected = model.encode(to_model_input(torch.from_numpy(ds.images[:4]))).numpy()
     np.testing.assert_allclose(latents[:4].astype(np.float32), expected, rtol=2e-3, atol=2e-3)
     assert 0 < manifest["results"]["codebook_usage"] <= 1 and manifest["results"]["psnr"] > 0

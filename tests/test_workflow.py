@@ -139,6 +139,47 @@ def test_lineage_runs_from_the_last_artifact_back_to_the_dataset(built):
     assert last.manifest["workflow"]["step"] == "ldm" and len(last.manifest["workflow"]["fingerprint"]) == 64
 
 
+def evaluate_latest_ldm(root: Path):
+    return runner.invoke(app, ["eval-metrics", "--model", "train-ldm/tiny", "--metrics", "mig", "--n-jobs", "1",
+                               "--root", str(root)])
+
+
+def lineage_paths(root: Path) -> list[Path]:
+    store = ArtifactStore(root)
+    return [parent.path for _depth, _entry, parent, _intact in store.lineage(store.load("train-ldm/tiny"))]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_moved_store_is_up_to_date_and_a_copy_reads_only_its_own_files(copy_of, tmp_path):
+    workflow, root = copy_of
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.move(root, moved)
+    again = invoke(workflow, moved)
+    assert again.exit_code == 0, again.output
+    assert statuses(again) == {"data": "up to date", "vqgan": "up to date", "ldm": "up to date"}
+    assert all(path.is_relative_to(moved) for path in lineage_paths(moved))
+    assert evaluate_latest_ldm(moved).exit_code == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    shutil.rmtree(moved)  # a copy that still read the original's inputs would fail from here on
+    assert all(path.is_relative_to(copy) for path in lineage_paths(copy))
+    evaluated = evaluate_latest_ldm(copy)
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = ArtifactStore(copy).load(evaluated.stdout.strip())
+    assert {entry["path"] for entry in metrics.manifest["inputs"]} == {"prepare-data/tiny/v1", "train-ldm/tiny/v1"}
+
+
+def test_an_input_manifest_edited_after_use_is_an_error(copy_of):
+    _, root = copy_of
+    manifest = root / "prepare-data" / "tiny" / "v1" / "manifest.yaml"
+    manifest.chmod(0o644)
+    manifest.write_text(manifest.read_text().replace("seed: 0", "seed: 1", 1))
+    result = evaluate_latest_ldm(root)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.strip() == (f"error: {manifest}: sha256 differs from the one train-ldm/tiny@v1 recorded when "
+                                     "it was made from it: the manifest was changed since")
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_from_reruns_that_stage_and_until_stops(copy_of):
     workflow, root = copy_of

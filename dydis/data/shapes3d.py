@@ -32,8 +32,15 @@ def labels_to_factors(labels: np.ndarray) -> np.ndarray:
     """Factor indices (n, 6) of label values (n, 6), or ValueError naming an off-grid value.
 
     A value counts as on the grid when it lies within 1% of a grid step of a grid value,
-    which absorbs the float32 rounding of the published labels.
+    which absorbs the float32 rounding of the published labels. NaN is refused first: it is
+    near no grid value, yet every comparison with it is false, so it would pass that test
+    and become index 0.
     """
+    not_finite = np.argwhere(~np.isfinite(labels))
+    if len(not_finite):
+        row, j = not_finite[0]
+        raise ValueError(f"labels column {j} ({FACTOR_NAMES[j]}) holds {float(labels[row, j])!r} in row {row}; "
+                         "expected finite values on the Shapes3D grid")
     factors = np.empty(labels.shape, np.int64)
     for j, grid in enumerate(FACTOR_VALUES):
         distance = np.abs(labels[:, j, None] - grid[None, :])

@@ -8,7 +8,7 @@ docstring lists the definition and any deliberate difference. The GBT downstream
 mean and spread instead, because its tables report them over seeds.
 """
 
-from dydis.metrics._common import summarize
+from dydis.metrics._common import check_values, summarize
 from dydis.metrics.dci import DCIFit, completeness, dci, dci_importance, disentanglement
 from dydis.metrics.downstream import DownstreamResult, downstream_gbt, draw_splits
 from dydis.metrics.evaluate import GRID_METRICS, METRICS, Scores, evaluate
@@ -24,7 +24,7 @@ from dydis.metrics.tad import tad, tad_details
 
 __all__ = [
     "DCIFit", "DownstreamResult", "GRID_METRICS", "GroundTruth", "METRICS", "REDUCTIONS", "Scores",
-    "completeness", "compute_features", "dci", "dci_importance", "disentanglement", "downstream_gbt",
+    "check_values", "completeness", "compute_features", "dci", "dci_importance", "disentanglement", "downstream_gbt",
     "draw_splits", "evaluate", "factor_vae", "feature_statistics", "fid", "frechet_distance",
     "grid_factors", "infomec", "infomec_details", "mig", "modularity", "modularity_explicitness",
     "reduce_codes", "reduce_units", "sap", "sap_score_matrix", "summarize", "tad", "tad_details",

@@ -15,6 +15,22 @@ from dydis.errors import DataError
 from dydis.metrics.ground_truth import GroundTruth
 
 
+# The largest code magnitude the metrics evaluate: float32's. scikit-learn's trees and ours (DCI,
+# the downstream GBT) compare features as float32, where larger values become infinite, and
+# liblinear's SVM (SAP) overflows to NaN on codes of about 1e80 and then never stops.
+MAX_ABS_CODE = float(np.finfo(np.float32).max)
+
+
+def check_values(codes: np.ndarray) -> None:
+    """DataError unless every value is finite and within +-MAX_ABS_CODE."""
+    if not np.isfinite(codes).all():
+        raise DataError("codes contain NaN or infinite values; replace them (np.nan_to_num) first")
+    largest = float(np.abs(codes).max()) if codes.size else 0.0
+    if largest > MAX_ABS_CODE:
+        raise DataError(f"codes reach {largest:.3g} in magnitude, beyond float32's range ({MAX_ABS_CODE:.3g}) "
+                        "that the metrics compute in; rescale the representation")
+
+
 def check_codes(codes: np.ndarray, ground_truth: GroundTruth | None = None) -> np.ndarray:
     """Validate a representation (n_rows, n_codes), aligned with the ground truth's rows.
 
@@ -37,8 +53,7 @@ def check_codes(codes: np.ndarray, ground_truth: GroundTruth | None = None) -> n
             f"codes have {codes.shape[0]} rows but the ground truth has {ground_truth.n_rows}; "
             "the representation must be aligned with the dataset rows"
         )
-    if not np.isfinite(codes).all():
-        raise DataError("codes contain NaN or infinite values; replace them (np.nan_to_num) first")
+    check_values(codes)
     return codes
 
 

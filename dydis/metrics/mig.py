@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dydis.errors import DataError
 from dydis.metrics._common import (
     check_codes,
     discrete_entropy,
@@ -46,7 +47,8 @@ def mig(
     """
     codes = check_codes(codes, ground_truth)
     if codes.shape[1] < 2:
-        raise ValueError("MIG needs at least two codes (it subtracts the second-best MI)")
+        raise DataError(f"MIG needs at least two codes, found {codes.shape[1]}: it subtracts the second-best MI; "
+                        "leave it out (--metrics)")
     rs = np.random.RandomState(seed)
     factors, rows = ground_truth.sample(n_samples, rs, batch_size=batch_size)
     mi = discrete_mutual_info(histogram_discretize(codes[rows], n_bins), factors)

@@ -22,6 +22,7 @@ from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
+from dydis.errors import DataError
 from dydis.metrics._common import check_codes
 from dydis.metrics.ground_truth import GroundTruth
 
@@ -71,6 +72,9 @@ def sap_score_matrix(
 ) -> np.ndarray:
     """Test accuracy of a one-code linear SVM per (code, factor), shape (n_codes, n_factors)."""
     codes = check_codes(codes, ground_truth)
+    if codes.shape[1] < 2:
+        raise DataError(f"SAP needs at least two codes, found {codes.shape[1]}: it subtracts the second-best "
+                        "accuracy; leave it out (--metrics)")
     rs = np.random.RandomState(seed)
     y_train, rows_train = ground_truth.sample(n_train, rs, batch_size=batch_size)
     y_test, rows_test = ground_truth.sample(n_test, rs, batch_size=batch_size)
