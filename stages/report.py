@@ -22,7 +22,6 @@ from dydis.report.curves import score_columns, variant_curve
 from dydis.report.render import Figure, Report, blocks, markdown, shrink_png, to_html, write_rows
 from dydis.report.scores import Model, add_scores, expand_refs, rows_of, scored_runs, variant_label
 from dydis.report.stats import compare_variants, in_order, summarize_rows
-from dydis.stages.representations import input_of
 from dydis.training.csvlog import read_rows
 
 STAGE = "report"
@@ -72,7 +71,7 @@ def _models(store: ArtifactStore, scoring: list[Artifact]) -> dict[tuple[str, st
     models: dict[tuple[str, str], Model] = {}
     for artifact in scoring:
         for index, (source, scores) in enumerate(scored_runs(artifact)):
-            ldm = input_of(artifact, f"model_{index}", store, "ldm") if "model" in source else None
+            ldm = store.input_of(artifact, f"model_{index}", "ldm") if "model" in source else None
             key = ldm.manifest_sha256() if ldm is not None else source.get("sha256", f"{artifact.ref}#{index}")
             seed = ldm.manifest.get("seed") if ldm is not None else None
             add_scores(models, Model(key, variant_label(artifact, ldm), seed, ldm, scores), artifact)
