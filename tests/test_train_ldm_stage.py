@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import artifact_dirs
+from conftest import artifact_dirs, replace_artifact_file, write_code_payload
 from dydis.cli.main import app
 from dydis.training.ldm import load_model
 
@@ -158,3 +161,58 @@ def test_models_of_another_dataset_are_refused(store, ldm_artifact):
                                  "--root", str(store)])
     assert result.exit_code == 2 and "was trained on prepare-data/synthetic@v1, not on prepare-data/other@v1" in (
         result.stderr)
+
+
+# ---- reliability: model files, run folders, Ctrl-C ---------------------------------------------
+
+def _one_line(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _copy_of(store: Path, copy: Path) -> Path:
+    """A private copy of the store whose artifacts name their inputs in the copy (they record paths)."""
+    shutil.copytree(store, copy)
+    for manifest in copy.glob("*/*/v*/manifest.yaml"):
+        manifest.chmod(0o644)
+        manifest.write_text(manifest.read_text().replace(str(store), str(copy)))
+    return copy
+
+
+def test_code_in_a_model_file_is_refused_not_run(store, ldm_artifact, tmp_path):
+    """A pickle payload in an ldm or vqgan model.pt, with a manifest rewritten to match, is refused
+    by every command that loads it (exit 2, one line naming the file) and never runs."""
+    marker = tmp_path / "code-ran"
+    copy = _copy_of(store, tmp_path / "store")
+    ldm_dir = copy / "train-ldm" / "scored" / "v1"
+    replace_artifact_file(ldm_dir, "model.pt", lambda path: write_code_payload(path, marker, model={}, configs={}))
+    for args in (["eval-metrics", "--model", "train-ldm/scored", "--metrics", "mig"],
+                 ["downstream-gbt", "--model", "train-ldm/scored"],
+                 ["visualize", "units", "--model", "train-ldm/scored"]):
+        result = runner.invoke(app, [*args, "--root", str(copy)])
+        assert not marker.exists(), args
+        assert _one_line(result) == (f"error: {ldm_dir / 'model.pt'}: refused: expected only tensors and plain "
+                                     "values in the ldm model file, found other Python objects (loading them could "
+                                     "run code)")
+    copy = _copy_of(store, tmp_path / "store2")
+    vqgan_dir = copy / "train-vqgan" / "synthetic" / "v1"
+    replace_artifact_file(vqgan_dir, "model.pt", lambda path: write_code_payload(path, marker, model={}, config={}))
+    figure = runner.invoke(app, ["visualize", "interchange", "--model", "train-ldm/scored", "--root", str(copy)])
+    assert _one_line(figure) == (f"error: {vqgan_dir / 'model.pt'}: refused: expected only tensors and plain values "
+                                 "in the vqgan model file, found other Python objects (loading them could run code)")
+    assert not marker.exists()
+
+
+def test_code_in_a_checkpoint_is_refused_on_resume(store, tmp_path):
+    runs, marker = tmp_path / "runs", tmp_path / "code-ran"
+    checkpoint = runs / "train-ldm" / "synthetic" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    write_code_payload(checkpoint, marker, step=1, config={})
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--resume", "--root", str(store),
+                                 "--runs", str(runs)])
+    assert not marker.exists()
+    assert _one_line(result) == (f"error: {checkpoint}: refused: expected only tensors and plain values in the "
+                                 "checkpoint, found other Python objects (loading them could run code)")
+

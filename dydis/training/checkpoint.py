@@ -3,7 +3,8 @@
 A checkpoint is written to a temporary file and renamed over the previous one, so a crash
 while saving leaves the last good checkpoint in place. It carries everything needed to
 continue bit-for-bit: weights, optimiser states, the step, and the states of the random
-generators the loop owns.
+generators the loop owns; the config is stored as a plain dict, so the file holds tensors and
+plain values only and loads with ``weights_only=True`` (``dydis.torchfile``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 
 import torch
 
-from dydis.errors import ConfigError, DataError
+from dydis.config import to_dict
+from dydis.errors import ConfigError
+from dydis.torchfile import load_torch_file, require_keys
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -25,13 +28,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError("no checkpoint to resume from", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated file raises several unrelated types
-        raise DataError(f"unreadable checkpoint ({err.__class__.__name__}); delete it to start over", path) from None
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's state (``mmap``: tensors mapped, not read); a missing, unreadable or refused
+    file is a one-line ``DataError``."""
+    return require_keys(load_torch_file(path, "checkpoint", mmap=mmap), ("step", "config"), "checkpoint", path)
 
 
 def cpu_state(module_or_optimizer) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def prepare_run_dir(run_dir: Path, checkpoint: Path, config: Any, resume: bool) 
     """Keep the run directory for ``--resume`` when its checkpoint has the same config, else
     start it afresh; resuming a run that was started with another config is an error."""
     if resume and checkpoint.is_file():
-        if load_checkpoint(checkpoint)["config"] != config:
+        if load_checkpoint(checkpoint, mmap=True)["config"] != to_dict(config):
             raise ConfigError(f"--resume: the run in {run_dir} was started with a different config; "
                               "resume with the same settings or drop --resume to start over")
     elif run_dir.exists():

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from dydis.config import TrainLDMConfig, from_dict
+from dydis.config import TrainLDMConfig, from_dict, to_dict
 from dydis.distributed import Context, autocast_for
 from dydis.dyga import DyGA
 from dydis.errors import ConfigError, TrainingDiverged, TrainingInterrupted
@@ -41,6 +41,7 @@ from dydis.models.config import DiffusionConfig, FeatureExtractorConfig, FSQConf
 from dydis.models.ema import EMA
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
+from dydis.torchfile import load_torch_file, load_weights, require_keys
 from dydis.training.batches import BatchStream, to_model_input
 from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
 from dydis.training.csvlog import CsvLog
@@ -240,7 +241,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
             save_checkpoint(checkpoint_path, {
                 "model": cpu_state(model), "ema": cpu_state(ema), "optimizer": cpu_state(optimizer),
                 "anchors": None if anchors is None else anchors.state_dict(), "step": at_step,
-                "dyga_rounds": rounds, "config": cfg})
+                "dyga_rounds": rounds, "config": to_dict(cfg)})
 
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step) if ctx.is_main else None
@@ -316,14 +317,16 @@ class TrainedLDM(NamedTuple):
 
 
 def load_model(path: Path) -> TrainedLDM:
-    """What an ldm artifact's ``model.pt`` holds, read once."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """What an ldm artifact's ``model.pt`` holds, read once; a file that is missing, unreadable,
+    refused (it holds more than tensors and plain values) or not an ldm model is a ``DataError``."""
+    saved = require_keys(load_torch_file(path, "ldm model file"), ("model", "configs", "scale_factor"),
+                         "ldm model file", path)
     configs = saved["configs"]
     fsq = from_dict(FSQConfig, configs["fsq"]) if configs.get("fsq") is not None else None
     model = LatentDiffusion(from_dict(FeatureExtractorConfig, configs["feature_extractor"]),
                             from_dict(UNetConfig, configs["unet"]), from_dict(DiffusionConfig, configs["diffusion"]),
                             fsq)
-    model.load_state_dict(saved["model"])
+    load_weights(model, saved["model"], path)
     anchors = Anchors.from_state_dict(saved["anchors"]) if saved.get("anchors") is not None else None
     return TrainedLDM(model.eval(), anchors, float(saved["scale_factor"]))
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dydis.config import TrainVQGANConfig
+from dydis.config import TrainVQGANConfig, to_dict
 from dydis.distributed import Context, autocast_for
 from dydis.errors import TrainingDiverged
 from dydis.models.lpips import HUB_VGG16, LPIPS
@@ -116,7 +116,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
         if ctx.is_main:
             save_checkpoint(checkpoint_path, {
                 "model": cpu_state(model), "discriminator": cpu_state(discriminator),
-                "opt_ae": cpu_state(opt_ae), "opt_d": cpu_state(opt_d), "step": at_step, "config": cfg,
+                "opt_ae": cpu_state(opt_ae), "opt_d": cpu_state(opt_d), "step": at_step, "config": to_dict(cfg),
             })
 
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
