@@ -49,6 +49,12 @@ ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units
                                                   show_default=False)]
 NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]
 
+# The training commands' run folder, RUNS/<stage>/<name> (dydis.training.runs).
+RunsOpt = Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the checkpoint in the run folder (same config).")]
+RestartOpt = Annotated[bool, typer.Option(help="Delete the run folder's checkpoint and logs and start over, once "
+                                               "every check has passed.")]
+
 
 def show_logs() -> None:
     """The library's log records (resume, DyGA rounds, skipped steps) and Python warnings go to
@@ -70,6 +76,14 @@ def debug_enabled(flag: bool = False) -> bool:
 def fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def run_folder_help(stage: str) -> str:
+    """The training commands' promises about their run folder, for their --help."""
+    return (f"Run folder: RUNS/{stage}/NAME holds the checkpoint and logs, locked while a run uses it (a second "
+            "run of the same folder stops at once). A folder that holds a checkpoint is never deleted implicitly: "
+            "--resume continues it, --restart deletes it and starts over, and with neither the command stops "
+            "(exit 2).")
 
 
 def handle_errors(command: Callable) -> Callable:

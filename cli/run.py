@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.common import DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors
 from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow
 
@@ -42,7 +42,7 @@ def run(
                                                       "stages evaluate them together (mean ± std).",
                                                  show_default=False)] = None,
     root: RootOpt = None,
-    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    runs: RunsOpt = Path("runs"),
     debug: DebugOpt = False,
 ) -> None:
     """Run the stages of a workflow in order, each fed the artifacts of earlier ones.

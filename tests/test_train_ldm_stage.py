@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from conftest import artifact_dirs, replace_artifact_file, write_code_payload
 from dydis.cli.main import app
+from dydis.training.checkpoint import load_checkpoint
 from dydis.training.ldm import load_model
+from dydis.training.runs import RunFolder
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -215,4 +217,56 @@ def test_code_in_a_checkpoint_is_refused_on_resume(store, tmp_path):
     assert not marker.exists()
     assert _one_line(result) == (f"error: {checkpoint}: refused: expected only tensors and plain values in the "
                                  "checkpoint, found other Python objects (loading them could run code)")
+
+
+
+def test_names_outside_the_runs_folder_are_refused_before_anything_is_touched(store, tmp_path):
+    """The old commands wiped RUNS/<stage>/<name> first: ../../victim or an absolute path deleted
+    that folder even though the command was then rejected (here: a batch larger than the data,
+    LPIPS files that do not exist)."""
+    victim, runs = tmp_path / "victim", tmp_path / "runs"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("data")
+    rejected = {"train-ldm": ["--dataset", "synthetic", "--max-steps", "1", "--batch-size", "512"],
+                "train-vqgan": ["--data", "prepare-data/synthetic", *VQ_SMALL, "--lpips-vgg", str(tmp_path / "no.pth"),
+                                "--lpips-heads", str(tmp_path / "no.pth")]}
+    for command, args in rejected.items():
+        for name in ("../../victim", str(victim), ".."):
+            result = runner.invoke(app, [command, *args, "--name", name, "--root", str(store), "--runs", str(runs)])
+            assert _one_line(result) == (f"error: --name {name!r}: expected one name of letters, digits and . _ + -, "
+                                         "starting with a letter or digit (it names the artifact and the run folder)")
+            assert (victim / "keep.txt").read_text() == "data"
+    assert not runs.exists()
+
+
+def test_a_run_with_a_checkpoint_is_never_deleted_implicitly(store, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--max-steps", "2", "--name", "kept", "--root",
+            str(store), "--runs", str(runs)]
+    assert runner.invoke(app, args).exit_code == 0
+    folder = runs / "train-ldm" / "kept"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    again = runner.invoke(app, args)  # e.g. after Ctrl-C, without --resume
+    assert _one_line(again) == (f"error: {folder}: this run folder holds a checkpoint: continue it with --resume, "
+                                "or delete it and start over with --restart")
+    rejected = runner.invoke(app, [*args, "--restart", "--batch-size", "512"])  # --restart, but a bad value
+    assert "config key batch_size: 512 x 1 processes is more than the 64 images" in _one_line(rejected)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    restarted = runner.invoke(app, [*args, "--restart", "--seed", "7"])
+    assert restarted.exit_code == 0, restarted.output
+    assert load_checkpoint(folder / "checkpoint.pt")["config"]["seed"] == 7
+    nothing = runner.invoke(app, [*args, "--resume", "--name", "never-ran"])
+    assert _one_line(nothing) == (f"error: {runs / 'train-ldm' / 'never-ran'}: --resume: no checkpoint to continue in "
+                                  "this run folder; drop --resume to start a new run")
+
+
+def test_a_second_run_of_a_folder_in_use_stops_at_once(store, tmp_path):
+    runs = tmp_path / "runs"
+    folder = RunFolder(runs, "train-ldm", "busy")
+    with folder.claim(resume=False, restart=False, config={}):  # another train-ldm --name busy, running
+        result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--name", "busy", "--root",
+                                     str(store), "--runs", str(runs)])
+    assert _one_line(result) == (f"error: {folder.path}: another process is using this run folder (a run of the same "
+                                 "stage and --name); wait for it to finish or pick another --name")
+    assert [p.name for p in folder.path.iterdir()] == [".lock"]
 

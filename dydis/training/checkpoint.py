@@ -10,14 +10,11 @@ plain values only and loads with ``weights_only=True`` (``dydis.torchfile``).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dydis.config import to_dict
-from dydis.errors import ConfigError
 from dydis.torchfile import load_torch_file, require_keys
 
 
@@ -47,14 +44,3 @@ def cpu_state(module_or_optimizer) -> dict[str, Any]:
 
     return move(module_or_optimizer.state_dict())
 
-
-def prepare_run_dir(run_dir: Path, checkpoint: Path, config: Any, resume: bool) -> None:
-    """Keep the run directory for ``--resume`` when its checkpoint has the same config, else
-    start it afresh; resuming a run that was started with another config is an error."""
-    if resume and checkpoint.is_file():
-        if load_checkpoint(checkpoint, mmap=True)["config"] != to_dict(config):
-            raise ConfigError(f"--resume: the run in {run_dir} was started with a different config; "
-                              "resume with the same settings or drop --resume to start over")
-    elif run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
