@@ -150,3 +150,31 @@ def replace_artifact_file(artifact_dir: Path, name: str, write) -> None:
     manifest["files"][name] = {**manifest["files"][name], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
 
+
+class InterruptAt:
+    """A ``dydis.progress.Progress`` that sends the process a Ctrl-C when the task named ``task``
+    has advanced ``at`` steps (other tasks report nothing)."""
+
+    def __init__(self, task: str, at: int):
+        from dydis.progress import SilentProgress
+
+        self.name, self.at, self.done, self._silent = task, at, 0, SilentProgress()
+        outer = self
+
+        class Task:
+            def advance(self, n=1):
+                import signal
+
+                outer.done += n
+                if outer.done == outer.at:
+                    signal.raise_signal(signal.SIGINT)
+
+            def update(self, **kwargs):
+                pass
+
+        self._task = Task()
+
+    def task(self, description, total, unit="it"):
+        from contextlib import nullcontext
+
+        return nullcontext(self._task) if description == self.name else self._silent.task(description, total, unit)

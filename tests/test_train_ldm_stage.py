@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import artifact_dirs, replace_artifact_file, write_code_payload
 from dydis.cli.main import app
+from dydis.errors import TrainingInterrupted
 from dydis.training.checkpoint import load_checkpoint
 from dydis.training.ldm import load_model
 from dydis.training.runs import RunFolder
@@ -219,7 +220,6 @@ def test_code_in_a_checkpoint_is_refused_on_resume(store, tmp_path):
                                  "checkpoint, found other Python objects (loading them could run code)")
 
 
-
 def test_names_outside_the_runs_folder_are_refused_before_anything_is_touched(store, tmp_path):
     """The old commands wiped RUNS/<stage>/<name> first: ../../victim or an absolute path deleted
     that folder even though the command was then rejected (here: a batch larger than the data,
@@ -270,3 +270,22 @@ def test_a_second_run_of_a_folder_in_use_stops_at_once(store, tmp_path):
                                  "stage and --name); wait for it to finish or pick another --name")
     assert [p.name for p in folder.path.iterdir()] == [".lock"]
 
+
+@pytest.mark.parametrize("stop", [TrainingInterrupted("stopped at step 2 of 4; continue with --resume", "ckpt.pt"),
+                                  KeyboardInterrupt()])
+def test_an_interrupted_run_exits_130(store, tmp_path, monkeypatch, stop):
+    def interrupted(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr("dydis.training.ldm.fit", interrupted)
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--root", str(store), "--runs",
+                                 str(tmp_path)])
+    assert _one_line(result, 130) == (f"error: {stop}" if str(stop) else "error: interrupted")
+
+
+def test_compile_on_the_cpu_is_refused_before_training(store, tmp_path):
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--compile", "--root", str(store),
+                                 "--runs", str(tmp_path)])
+    assert _one_line(result) == ("error: config key compile: torch.compile of the U-Net runs on the GPU only; drop "
+                                 "--compile or train with --gpus 1 or more")
+    assert not (tmp_path / "train-ldm").exists()
