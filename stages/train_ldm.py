@@ -94,6 +94,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
     if len(images) < cfg.batch_size * world:
         raise ConfigError(f"config key batch_size: {cfg.batch_size} x {world} processes is more than the "
                           f"{len(images)} images of {data_artifact.ref}")
+    decoder = VQGAN.from_file(vqgan_artifact.file("model.pt"))  # for the sample sheet; checked before the run
     folder.start(resume=resume)
     started = time.perf_counter()
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
@@ -119,7 +120,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
             shutil.copy(run_dir / training.ROUNDS_CSV, writer.dir / "dyga_rounds.csv")
         loss_curves(log_rows, ["loss"], writer.dir / "loss.png", f"train-ldm {name}")
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
-            _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, cfg, device, writer.dir / "samples.png")
+            _sample_sheet(writer.dir / "model.pt", decoder, images, cfg, device, writer.dir / "samples.png")
             task.advance(1)
         writer.results.update({
             "steps": int(state["step"]),
@@ -136,12 +137,12 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
     return writer.artifact
 
 
-def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray, cfg: TrainLDMConfig,
-                  device: torch.device, out: Path) -> None:
+def _sample_sheet(model_path: Path, decoder: VQGAN, images: np.ndarray, cfg: TrainLDMConfig, device: torch.device,
+                  out: Path) -> None:
     """Originals above DDIM samples (EMA U-Net, eta from the config) conditioned on their units."""
     trained = training.load_model(model_path)
-    sampler = Sampler(trained.model.to(device), VQGAN.from_file(vqgan_artifact.file("model.pt")).to(device),
-                      trained.scale_factor, steps=cfg.diffusion.ddim_steps, eta=cfg.diffusion.ddim_eta)
+    sampler = Sampler(trained.model.to(device), decoder.to(device), trained.scale_factor,
+                      steps=cfg.diffusion.ddim_steps, eta=cfg.diffusion.ddim_eta)
     shown = np.linspace(0, len(images) - 1, min(cfg.sample_images, len(images))).astype(int)
     generated = sampler.generate(sampler.units(images[shown]), sampler.noise(len(shown), cfg.seed))
     save_grid(np.concatenate([images[shown], generated]), out)

@@ -58,11 +58,12 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
             images = data.images[()]
             task.advance(1)
     train_rows, held_rows = split_rows(len(images), min(cfg.holdout, max(1, len(images) // 10)), cfg.seed)
+    lpips = training.load_lpips(cfg)
     folder.start(resume=resume)
     started = time.perf_counter()
     world = max(1, cfg.gpus)
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
-           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None)
+           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None, lpips)
     train_seconds = time.perf_counter() - started
     if not owner:
         return None

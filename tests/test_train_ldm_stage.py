@@ -202,10 +202,29 @@ def test_code_in_a_model_file_is_refused_not_run(store, ldm_artifact, tmp_path):
     copy = _copy_of(store, tmp_path / "store2")
     vqgan_dir = copy / "train-vqgan" / "synthetic" / "v1"
     replace_artifact_file(vqgan_dir, "model.pt", lambda path: write_code_payload(path, marker, model={}, config={}))
+    refused = (f"error: {vqgan_dir / 'model.pt'}: refused: expected only tensors and plain values in the vqgan model "
+               "file, found other Python objects (loading them could run code)")
     figure = runner.invoke(app, ["visualize", "interchange", "--model", "train-ldm/scored", "--root", str(copy)])
-    assert _one_line(figure) == (f"error: {vqgan_dir / 'model.pt'}: refused: expected only tensors and plain values "
-                                 "in the vqgan model file, found other Python objects (loading them could run code)")
-    assert not marker.exists()
+    assert _one_line(figure) == refused
+    checkpoint = tmp_path / "runs" / "train-ldm" / "synthetic" / "checkpoint.pt"  # a run to --restart
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"step": 1, "config": {}}, checkpoint)
+    restart = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--restart", "--root", str(copy),
+                                  "--runs", str(tmp_path / "runs")])
+    assert _one_line(restart) == refused  # train-ldm reads the vqgan (its decoder) before deleting the run
+    assert load_checkpoint(checkpoint)["step"] == 1 and not marker.exists()
+
+
+def test_restart_checks_the_lpips_files_before_deleting_the_run(store, tmp_path):
+    args = ["train-vqgan", "--data", "prepare-data/synthetic", *VQ_SMALL, "--name", "lpips", "--root", str(store),
+            "--runs", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    checkpoint = tmp_path / "train-vqgan" / "lpips" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    missing = tmp_path / "vgg16.pth"
+    result = runner.invoke(app, [*args, "--restart", "--lpips-vgg", str(missing), "--lpips-heads", str(missing)])
+    assert _one_line(result) == f"error: {missing}: torch state dict not found"
+    assert checkpoint.read_bytes() == before
 
 
 def test_code_in_a_checkpoint_is_refused_on_resume(store, tmp_path):

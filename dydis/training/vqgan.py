@@ -73,17 +73,19 @@ def _average_gradients(parameters: list[torch.nn.Parameter], ctx: Context) -> No
 
 
 def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: torch.Tensor, run_dir: Path,
-        resume: bool, progress: Progress | None = None) -> VQGAN:
+        resume: bool, progress: Progress | None = None, lpips: LPIPS | None = None) -> VQGAN:
     """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's trained model.
 
     The final state is also saved as the checkpoint (by rank 0).
 
-    ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on.
+    ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on;
+    ``lpips`` the perceptual loss's network (``load_lpips(cfg)``, loaded by the caller so that its
+    files are checked before a run starts), None to train without it.
     """
     progress = progress or SilentProgress()
     device = ctx.device
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, loss_fn = build_models(cfg, load_lpips(cfg))
+    model, loss_fn = build_models(cfg, lpips)
     model.to(device)
     loss_fn.to(device)
     discriminator = loss_fn.discriminator
