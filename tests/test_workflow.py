@@ -282,7 +282,8 @@ def test_a_failed_stage_rerun_with_another_config_starts_over(fakes):
     changed = invoke(workflow, root, "--set", "train.value=2")
     assert changed.exit_code == 0, changed.output
     assert stages.calls[0] == ("train", "toy", False, True)  # its own checkpoint, of another config: restarted
-    assert torch.load(root.parent / "runs" / "train" / "toy" / "checkpoint.pt")["config"]["value"] == 2
+    restarted = torch.load(root.parent / "runs" / "train" / "toy" / "checkpoint.pt", weights_only=True)
+    assert restarted["config"]["value"] == 2
 
 
 def test_a_checkpoint_the_runner_did_not_make_is_left_alone(fakes):
