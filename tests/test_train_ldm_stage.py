@@ -31,12 +31,13 @@ LDM_SMALL = ["--preset", "tiny", "--max-steps", "4", "--batch-size", "16", "--la
 def store(tmp_path_factory):
     """Two synthetic datasets (64 and 32 images; the second has a constant factor) and a tiny vqgan for each."""
     root = tmp_path_factory.mktemp("store")
+    runs = tmp_path_factory.mktemp("runs")  # its own: another module's run of the same name holds a checkpoint
     for name, grid in (("synthetic", "2,2,2,2,2,2"), ("other", "2,2,2,1,2,2")):
         made = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", grid, "--name", name,
                                    "--root", str(root)])
         assert made.exit_code == 0, made.output
         vq = runner.invoke(app, ["train-vqgan", "--data", f"prepare-data/{name}", *VQ_SMALL, "--root", str(root),
-                                 "--runs", str(root.parent / "runs")])
+                                 "--runs", str(runs)])
         assert vq.exit_code == 0, vq.output
     return root
 
