@@ -18,7 +18,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from dydis.artifacts import ArtifactStore
-from dydis.errors import DydisError
+from dydis.errors import DydisError, TrainingInterrupted
 
 # Human output (progress, tables, warnings, errors) goes to stderr; stdout carries only the
 # result, so that `DATA=$(dydis prepare-data ...)` captures exactly the artifact path.
@@ -49,6 +49,12 @@ ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units
                                                   show_default=False)]
 NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]
 
+# The training commands' run folder, RUNS/<stage>/<name> (dydis.training.runs).
+RunsOpt = Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")]
+ResumeOpt = Annotated[bool, typer.Option(help="Continue the checkpoint in the run folder (same config).")]
+RestartOpt = Annotated[bool, typer.Option(help="Delete the run folder's checkpoint and logs and start over, once "
+                                               "every check has passed.")]
+
 
 def show_logs() -> None:
     """The library's log records (resume, DyGA rounds, skipped steps) and Python warnings go to
@@ -77,8 +83,19 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def run_folder_help(stage: str) -> str:
+    """The training commands' promises about their run folder, for their --help."""
+    return (f"Run folder: RUNS/{stage}/NAME holds the checkpoint and logs, locked while a run uses it (a second "
+            "run of the same folder stops at once). A folder that holds a checkpoint is never deleted implicitly: "
+            "--resume continues it, --restart deletes it and starts over, and with neither the command stops "
+            "(exit 2). Ctrl-C saves a checkpoint and stops (exit 130); a NaN or infinite loss or weight stops and "
+            "keeps the last finite checkpoint (exit 2). Exit codes: 0 done, 2 bad input or configuration, 1 "
+            "internal failure, 130 interrupted.")
+
+
 def handle_errors(command: Callable) -> Callable:
-    """Turn user-fixable errors into one line and exit code 2, internal ones into exit code 1.
+    """Turn user-fixable errors into one line and exit code 2, internal ones into exit code 1,
+    an interrupted run (Ctrl-C) into exit code 130.
 
     The wrapped command must take a ``debug`` keyword; with it (or DYDIS_DEBUG=1) the
     traceback is shown instead.
@@ -89,8 +106,10 @@ def handle_errors(command: Callable) -> Callable:
         debug = debug_enabled(kwargs.get("debug", False))
         try:
             return command(*args, **kwargs)
-        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        except (typer.Exit, typer.Abort):
             raise
+        except (TrainingInterrupted, KeyboardInterrupt) as err:  # Ctrl-C: 130, as a shell reports it
+            fail(str(err) or "interrupted", code=130)
         except DydisError as err:
             if debug:
                 traceback.print_exc(file=sys.stderr)

@@ -9,7 +9,7 @@ import typer
 
 from dydis import __version__
 from dydis.cli import artifacts
-from dydis.cli.common import print_error, show_logs
+from dydis.cli.common import print_error, run_folder_help, show_logs
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
@@ -44,8 +44,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 app.command("prepare-data")(prepare_data)
-app.command("train-vqgan")(train_vqgan)
-app.command("train-ldm")(train_ldm)
+app.command("train-vqgan", epilog=run_folder_help("train-vqgan"))(train_vqgan)
+app.command("train-ldm", epilog=run_folder_help("train-ldm"))(train_ldm)
 app.command("eval-metrics")(eval_metrics)
 app.command("downstream-gbt")(downstream_gbt)
 app.command("visualize")(visualize)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.common import DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors
 from dydis.cli.report import summary_table
 from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
@@ -56,7 +56,7 @@ def run(
              "the report's baseline); with --sweep, each variant is run at every grid point. Named <name>-<label>.",
         show_default=False)] = None,
     root: RootOpt = None,
-    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    runs: RunsOpt = Path("runs"),
     debug: DebugOpt = False,
 ) -> None:
     """Run the stages of a workflow in order, each fed the artifacts of earlier ones.

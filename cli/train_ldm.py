@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
-                              emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RichProgress, RootOpt, RunsOpt,
+                              SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
 from dydis.config import TrainLDMConfig, build_config
 from dydis.errors import ConfigError
 
@@ -75,8 +75,9 @@ def train_ldm(
                                                       show_default=False)] = None,
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the U-Net.",
                                                      show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run's last checkpoint.")] = False,
-    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
+    runs: RunsOpt = Path("runs"),
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -108,7 +109,8 @@ def train_ldm(
                            unet={"skip_dropout": skip_dropout, "skip_dropout_levels": _levels(skip_dropout_levels),
                                  "backbone_dropout": backbone_dropout}))
     cfg = build_config(TrainLDMConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
+                       progress=RichProgress())
     if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
         return
     r = artifact.results

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
-                              emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RichProgress, RootOpt, RunsOpt,
+                              SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
 from dydis.config import TrainVQGANConfig, build_config
 
 
@@ -27,8 +27,9 @@ def train_vqgan(
                                                       show_default=False)] = None,
     lpips_heads: Annotated[Optional[Path], typer.Option(help="LPIPS v0.1 vgg.pth (linear heads).",
                                                         show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run's last checkpoint.")] = False,
-    runs: Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")] = Path("runs"),
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
+    runs: RunsOpt = Path("runs"),
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -48,7 +49,8 @@ def train_vqgan(
                  lpips_vgg=str(lpips_vgg) if lpips_vgg else None, lpips_heads=str(lpips_heads) if lpips_heads else None,
                  seed=seed)
     cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
+                       progress=RichProgress())
     if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
         return
     r = artifact.results

@@ -10,6 +10,7 @@ stack trace from deep inside a stage.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -129,6 +130,10 @@ def _type_name(tp: Any) -> str:
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
+class _NotFinite(ConfigError):
+    """A float field given NaN or an infinity: the message to show even when the field also allows null."""
+
+
 def _coerce(tp: Any, value: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp`` and return it in the field's type."""
     origin = typing.get_origin(tp)
@@ -142,6 +147,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 continue
             try:
                 return _coerce(arg, value, key)
+            except _NotFinite:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key}: expected {_type_name(tp)}, found {value!r}")
@@ -167,13 +174,18 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "2e-5" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None and math.isfinite(number):  # nan and inf pass every range check, then wreck a run
+            return number
+        if number is not None:
+            raise _NotFinite(f"config key {key}: expected a finite number, found {value!r}")
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -384,6 +396,9 @@ class TrainLDMConfig:
             raise ConfigError(f"config key ema_decay: expected a value in [0, 1], found {self.ema_decay}")
         if self.gpus < 0:
             raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
+        if self.compile and self.gpus == 0:  # why: inductor's CPU build of the U-Net fails after minutes
+            raise ConfigError("config key compile: torch.compile of the U-Net runs on the GPU only; drop --compile "
+                              "or train with --gpus 1 or more")
         if self.unet.context_dim != self.feature_extractor.unit_dim:
             raise ConfigError(f"config key unet.context_dim: {self.unet.context_dim} must equal "
                               f"feature_extractor.unit_dim {self.feature_extractor.unit_dim} (the unit tokens "

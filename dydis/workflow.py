@@ -41,6 +41,7 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import build_config, load_yaml, merge, parse_overrides, parse_value, to_dict
 from dydis.errors import ArtifactError, ConfigError
 from dydis.progress import Progress
+from dydis.training.runs import RunFolder
 
 log = logging.getLogger("dydis.workflow")
 
@@ -49,17 +50,18 @@ PROFILE_KEYS = ("description", "vars", "name", "stages", "datasets")
 OVERLAY_KEYS = ("vars", "name", "stages")
 STEP_KEYS = ("stage", "name", "inputs", "config", "seeded", "enabled")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+FINISHED = "finished"  # a training step's marker once its run published its artifact
 
 
 @dataclass(frozen=True)
 class StageSpec:
-    """How the runner drives one stage: ``run(cfg, store, *, name, progress[, runs_dir, resume])``."""
+    """How the runner drives one stage: ``run(cfg, store, *, name, progress[, runs_dir, resume, restart])``."""
 
     config: type  # the stage's frozen config dataclass
     run: Callable[..., Artifact]
     kind: str  # the kind of artifact it publishes
     inputs: Mapping[str, str] = field(default_factory=dict)  # config key -> kind of the artifact(s) it names
-    trains: bool = False  # keeps checkpoints in runs/: takes runs_dir and resume
+    trains: bool = False  # keeps checkpoints in runs/: takes runs_dir, resume and restart
     compares_points: bool = False  # one job fed by every point of a sweep (report), never one per point
 
     def takes_several(self, key: str) -> bool:
@@ -630,9 +632,12 @@ class _Job:
     def run(self, root: str | Path | None, runs_dir: Path, progress: Progress | None) -> Artifact:
         """Run the stage into a store that stamps the fingerprint on what it publishes.
 
-        A training stage resumes from its checkpoint only when the last attempt at this very
-        fingerprint did not finish (a marker file in runs/ says so): a checkpoint left by
-        another config would make the stage refuse to resume, and a finished one is stale.
+        A training stage's run folder follows the rule of every run folder (a checkpoint is
+        continued or deleted only when asked, ``dydis.training.runs``); the runner asks for its
+        own runs only, which a marker in ``runs/.workflow`` records: the fingerprint of the
+        attempt in progress, "finished" once it published. It resumes the checkpoint of an
+        unfinished attempt at this very fingerprint, restarts one that another config left or that
+        finished (it is stale), and refuses to touch a checkpoint it did not make.
         """
         stamp = {"fingerprint": self.fingerprint, "file": self.workflow.path.name, "profile": self.workflow.profile,
                  "step": self.step.id}
@@ -642,10 +647,21 @@ class _Job:
         log.info("%s: running %s/%s", self.step.id, self.step.stage, self.name)
         if not self.spec.trains:
             return self.spec.run(self.cfg, store, name=self.name, progress=progress)
+        folder = RunFolder(runs_dir, self.step.stage, self.name)
         marker = runs_dir / ".workflow" / self.step.stage / f"{self.name}.fingerprint"
-        resume = marker.is_file() and marker.read_text() == self.fingerprint
+        made_by = marker.read_text() if marker.is_file() else None
+        resume = folder.has_checkpoint() and made_by == self.fingerprint
+        restart = folder.has_checkpoint() and not resume
+        if restart and made_by is None:
+            raise ConfigError(f"this run folder holds a checkpoint that `dydis run` did not make; continue it with "
+                              f"`dydis {self.step.stage} --resume --name {self.name}`, or delete the folder",
+                              folder.path)
+        if restart:
+            log.info("%s: starting %s over (its checkpoint is from %s)", self.step.id, folder.path,
+                     "a finished run" if made_by == FINISHED else "another config")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(self.fingerprint)
-        artifact = self.spec.run(self.cfg, store, name=self.name, runs_dir=runs_dir, resume=resume, progress=progress)
-        marker.unlink()
+        artifact = self.spec.run(self.cfg, store, name=self.name, runs_dir=runs_dir, resume=resume, restart=restart,
+                                 progress=progress)
+        marker.write_text(FINISHED)
         return artifact

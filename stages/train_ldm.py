@@ -26,9 +26,10 @@ from dydis.models.vqgan import VQGAN
 from dydis.plots import loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
-from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
+from dydis.training.checkpoint import load_checkpoint
 from dydis.training.csvlog import read_rows
 from dydis.training.monitor import DisentanglementMonitor
+from dydis.training.runs import RunFolder
 from dydis.viz.sampler import Sampler
 
 STAGE = "train-ldm"
@@ -69,16 +70,22 @@ def load_latents(vqgan: Artifact, n_rows: int, cfg: TrainLDMConfig) -> tuple[np.
 
 
 def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
-        resume: bool = False, progress: Progress | None = None) -> Artifact | None:
-    progress = progress or SilentProgress()
+        resume: bool = False, restart: bool = False, progress: Progress | None = None) -> Artifact | None:
+    """Train in ``runs_dir/train-ldm/<name>`` and publish the ldm artifact (None on torchrun's
+    ranks other than 0). ``resume`` continues the run folder's checkpoint, ``restart`` deletes
+    it first; a folder holding a checkpoint needs one of them, and the folder stays locked until
+    the artifact is published (``dydis.training.runs``)."""
     cfg, data_artifact, vqgan_artifact = resolve_inputs(cfg, store)
-    name = name or data_artifact.name
-    device = pick_device(cfg.gpus)
-    run_dir = runs_dir / STAGE / name
-    checkpoint = run_dir / training.CHECKPOINT
-    if publishes_results():  # under torchrun, rank 0 owns the (shared) run directory
-        prepare_run_dir(run_dir, checkpoint, cfg, resume)
+    folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
+    owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
+    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
+        return _train(cfg, store, folder, data_artifact, vqgan_artifact, resume, owner, progress or SilentProgress())
 
+
+def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_artifact: Artifact,
+           vqgan_artifact: Artifact, resume: bool, owner: bool, progress: Progress) -> Artifact | None:
+    name, run_dir = folder.path.name, folder.path
+    device = pick_device(cfg.gpus)
     with DatasetFile(data_artifact.file("data.h5")) as data:
         with progress.task("loading images", total=1, unit="file") as task:
             images = data.images[()]
@@ -91,15 +98,17 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
     if len(images) < cfg.batch_size * world:
         raise ConfigError(f"config key batch_size: {cfg.batch_size} x {world} processes is more than the "
                           f"{len(images)} images of {data_artifact.ref}")
+    decoder = VQGAN.from_file(vqgan_artifact.file("model.pt"))  # for the sample sheet; checked before the run
+    folder.start(resume=resume)
     started = time.perf_counter()
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
            torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None,
            monitor)
     train_seconds = time.perf_counter() - started
-    if not publishes_results():
+    if not owner:
         return None
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(folder.checkpoint)
     weights = training.final_model_state(state)
     saved = {"model": weights, "anchors": state["anchors"], "scale_factor": scale,
              "configs": {"feature_extractor": to_dict(cfg.feature_extractor), "unet": to_dict(cfg.unet),
@@ -123,7 +132,7 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
             writer.results["disentanglement_while_training"] = {
                 **monitor.describe(), "last": {k: float(evaluated[-1][k]) for k in monitor.columns}}
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
-            _sample_sheet(writer.dir / "model.pt", vqgan_artifact, images, cfg, device, writer.dir / "samples.png")
+            _sample_sheet(writer.dir / "model.pt", decoder, images, cfg, device, writer.dir / "samples.png")
             task.advance(1)
         writer.results.update({
             "steps": int(state["step"]),
@@ -140,12 +149,12 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
     return writer.artifact
 
 
-def _sample_sheet(model_path: Path, vqgan_artifact: Artifact, images: np.ndarray, cfg: TrainLDMConfig,
-                  device: torch.device, out: Path) -> None:
+def _sample_sheet(model_path: Path, decoder: VQGAN, images: np.ndarray, cfg: TrainLDMConfig, device: torch.device,
+                  out: Path) -> None:
     """Originals above DDIM samples (EMA U-Net, eta from the config) conditioned on their units."""
     trained = training.load_model(model_path)
-    sampler = Sampler(trained.model.to(device), VQGAN.from_file(vqgan_artifact.file("model.pt")).to(device),
-                      trained.scale_factor, steps=cfg.diffusion.ddim_steps, eta=cfg.diffusion.ddim_eta)
+    sampler = Sampler(trained.model.to(device), decoder.to(device), trained.scale_factor,
+                      steps=cfg.diffusion.ddim_steps, eta=cfg.diffusion.ddim_eta)
     shown = np.linspace(0, len(images) - 1, min(cfg.sample_images, len(images))).astype(int)
     generated = sampler.generate(sampler.units(images[shown]), sampler.noise(len(shown), cfg.seed))
     save_grid(np.concatenate([images[shown], generated]), out)

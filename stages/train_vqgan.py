@@ -22,7 +22,8 @@ from dydis.models.vqgan import VQGAN
 from dydis.plots import loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import vqgan as training
-from dydis.training.checkpoint import load_checkpoint, prepare_run_dir
+from dydis.training.checkpoint import load_checkpoint
+from dydis.training.runs import RunFolder
 
 STAGE = "train-vqgan"
 log = logging.getLogger("dydis.train_vqgan")
@@ -37,29 +38,37 @@ def split_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
-        resume: bool = False, progress: Progress | None = None) -> Artifact | None:
-    progress = progress or SilentProgress()
+        resume: bool = False, restart: bool = False, progress: Progress | None = None) -> Artifact | None:
+    """Train in ``runs_dir/train-vqgan/<name>`` and publish the vqgan artifact (None on torchrun's
+    ranks other than 0); ``resume``, ``restart`` and the folder's lock as in train-ldm
+    (``dydis.training.runs``)."""
     data_artifact = store.load(cfg.data, kind="dataset")
-    name = name or data_artifact.name
-    device = pick_device(cfg.gpus)
-    run_dir = runs_dir / STAGE / name
-    checkpoint = run_dir / training.CHECKPOINT
-    prepare_run_dir(run_dir, checkpoint, cfg, resume)
+    folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
+    owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
+    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
+        return _train(cfg, store, folder, data_artifact, resume, owner, progress or SilentProgress())
 
+
+def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_artifact: Artifact, resume: bool,
+           owner: bool, progress: Progress) -> Artifact | None:
+    name, run_dir = folder.path.name, folder.path
+    device = pick_device(cfg.gpus)
     with DatasetFile(data_artifact.file("data.h5")) as data:
         with progress.task("loading images", total=1, unit="file") as task:
             images = data.images[()]
             task.advance(1)
     train_rows, held_rows = split_rows(len(images), min(cfg.holdout, max(1, len(images) // 10)), cfg.seed)
+    lpips = training.load_lpips(cfg)
+    folder.start(resume=resume)
     started = time.perf_counter()
     world = max(1, cfg.gpus)
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
-           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None)
+           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None, lpips)
     train_seconds = time.perf_counter() - started
-    if not publishes_results():
+    if not owner:
         return None
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(folder.checkpoint)
     model = VQGAN(cfg.model)
     model.load_state_dict(state["model"])
     model.to(device)

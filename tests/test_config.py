@@ -85,3 +85,49 @@ def test_prepare_data_config_checks():
     cfg = build_config(PrepareDataConfig, flags={"grid": "4,4,4,3,4,5"})
     assert cfg.grid == (4, 4, 4, 3, 4, 5)
     assert to_dict(cfg)["grid"] == [4, 4, 4, 3, 4, 5]
+
+
+def _float_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every float field of a config dataclass and its nested ones, as dotted keys."""
+    import typing
+
+    keys = []
+    for name, tp in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(tp):
+            keys += _float_keys(tp, f"{prefix}{name}.")
+        elif tp is float or float in typing.get_args(tp):
+            keys.append(prefix + name)
+    return keys
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "nan", "inf", "-Infinity"])
+def test_every_float_key_of_every_stage_refuses_nan_and_infinity(value):
+    """NaN and infinity pass every range check (nan < 0 is false) and used to reach training."""
+    from dydis.config import (DownstreamGBTConfig, EvalMetricsConfig, TrainLDMConfig, TrainVQGANConfig,
+                              VisualizeConfig)
+
+    required = {PrepareDataConfig: {}, TrainVQGANConfig: {"data": "d", "max_steps": 1},
+                TrainLDMConfig: {"data": "d", "max_steps": 1}, EvalMetricsConfig: {"reps": ["r.npz"], "data": "d"},
+                DownstreamGBTConfig: {"reps": ["r.npz"], "data": "d"}, VisualizeConfig: {"what": "units",
+                                                                                        "models": ["m"]}}
+    checked = 0
+    for cls, flags in required.items():
+        for key in _float_keys(cls):
+            with pytest.raises(ConfigError, match=f"^config key {key}: expected a finite number, found "):
+                build_config(cls, flags=flags, overrides=[f"{key}={value}"])
+            checked += 1
+    assert checked >= 20  # lr, base_lr, dropout rates, loss weights, epochs, fraction, ...
+
+
+def test_a_float_given_as_a_python_value_is_checked_too():
+    with pytest.raises(ConfigError, match="^config key inner.rate: expected a finite number, found inf$"):
+        build_config(Outer, flags={"inner": {"rate": float("inf")}})
+    assert build_config(Outer, overrides=["inner.rate=1e-3"]).inner.rate == 1e-3
+
+
+def test_compile_needs_a_gpu():
+    from dydis.config import TrainLDMConfig
+
+    with pytest.raises(ConfigError, match="^config key compile: torch.compile of the U-Net runs on the GPU only"):
+        build_config(TrainLDMConfig, flags={"data": "d", "max_steps": 1, "compile": True})
+    assert build_config(TrainLDMConfig, flags={"data": "d", "max_steps": 1, "compile": True, "gpus": 1}).compile

@@ -137,7 +137,7 @@ def test_state_dict_round_trips_through_torch_save(fitted):
     buffer = io.BytesIO()
     torch.save(fitted.state_dict(), buffer)
     buffer.seek(0)
-    restored = DyGA("official").load_state_dict(torch.load(buffer))
+    restored = DyGA("official").load_state_dict(torch.load(buffer, weights_only=True))
     assert restored.get_params() == fitted.get_params() and restored.settings_ == fitted.settings_
     c = units(seed=2)[:, :20].transpose(0, 1)
     torch.testing.assert_close(restored.responsibilities(c), fitted.responsibilities(c))
@@ -212,6 +212,6 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):
     names["aligned"].sum().backward()
     assert batch.grad is not None and bool(batch.grad.abs().sum() > 0)
     torch.testing.assert_close(names["resp"].sum(-1), torch.ones(64, 4))
-    restored = DyGA().load_state_dict(torch.load(tmp_path / "anchors.pt"))
+    restored = DyGA().load_state_dict(torch.load(tmp_path / "anchors.pt", weights_only=True))
     torch.testing.assert_close(restored.responsibilities(batch.detach()), names["resp"])
     assert dyga.n_components_.shape == (4,)

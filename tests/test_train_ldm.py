@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import signal
 
 import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import InterruptAt
 from dydis.config import TrainLDMConfig, build_config
 from dydis.distributed import Context, launch
 from dydis.errors import TrainingDiverged, TrainingInterrupted
-from dydis.progress import SilentProgress
 from dydis.training import ldm as training
 from dydis.training.batches import BatchStream
 from dydis.training.checkpoint import load_checkpoint
@@ -137,32 +138,48 @@ def test_fsq_and_backbone_dropout_paths_train(tmp_path):
 def test_non_finite_loss_stops_with_clear_error(tmp_path):
     images, latents, rows = _data(16)
     latents[:] = float("nan")
-    with pytest.raises(TrainingDiverged, match="non-finite at step 0"):
+    with pytest.raises(TrainingDiverged) as caught:
         training.fit(CPU, _config(max_steps=2), images, latents, rows, tmp_path, resume=False)
+    assert str(caught.value) == (f"{tmp_path}: the loss became non-finite at step 0; no checkpoint was saved; lower lr "
+                                 "and start over with --restart")
 
 
-class _InterruptAt(SilentProgress):
-    """Sends the process a Ctrl-C when the loop reports step ``at``."""
+def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch):
+    """The third update overflows one weight (its loss was finite): the checkpoint of step 3 is
+    refused, the one of step 2 stays, and the error says so."""
+    original, updates = torch.optim.AdamW.step, []
 
-    def __init__(self, at: int):
-        self.at, self.done = at, 0
-        outer = self
+    def overflowing(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        updates.append(1)
+        if len(updates) == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
 
-        class Task:
-            def advance(self, n=1):
-                outer.done += n
-                if outer.done == outer.at:
-                    signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing)
+    with pytest.raises(TrainingDiverged) as caught:
+        training.fit(CPU, _config(max_steps=4, quantizer="none", checkpoint_every=1), *_data(16), tmp_path,
+                     resume=False)
+    assert re.fullmatch(rf"{tmp_path / training.CHECKPOINT}: the state became non-finite by step 3 \(model 1 of "
+                        r"\d+ tensors\); the checkpoint of step 2 is kept; lower lr and start over with --restart",
+                        str(caught.value))
+    state = load_checkpoint(tmp_path / training.CHECKPOINT)
+    assert state["step"] == 2
+    assert all(torch.isfinite(t).all() for part in ("model", "ema") for t in state[part].values()
+               if t.is_floating_point())
 
-            def update(self, **kwargs):
-                pass
 
-        self._task = Task()
-
-    def task(self, description, total, unit="it"):
-        from contextlib import nullcontext
-
-        return nullcontext(self._task) if description == "train-ldm" else super().task(description, total, unit)
+def test_a_diverged_resumed_run_names_the_checkpoint_it_keeps(tmp_path):
+    training.fit(CPU, _config(max_steps=2, quantizer="none"), *_data(16), tmp_path, resume=False)
+    kept = (tmp_path / training.CHECKPOINT).read_bytes()
+    images, latents, rows = _data(16)
+    latents[:] = float("inf")
+    with pytest.raises(TrainingDiverged) as caught:
+        training.fit(CPU, _config(max_steps=4, quantizer="none"), images, latents, rows, tmp_path, resume=True)
+    assert str(caught.value) == (f"{tmp_path / training.CHECKPOINT}: the loss became non-finite at step 2; the "
+                                 "checkpoint of step 2 is kept; lower lr and start over with --restart")
+    assert (tmp_path / training.CHECKPOINT).read_bytes() == kept
 
 
 def test_ctrl_c_checkpoints_and_stops_cleanly(tmp_path):
@@ -170,7 +187,7 @@ def test_ctrl_c_checkpoints_and_stops_cleanly(tmp_path):
     the loop stops after step 4 with a checkpoint there."""
     with pytest.raises(TrainingInterrupted, match="stopped at step 4 of 6; continue with --resume"):
         training.fit(CPU, _config(max_steps=6, quantizer="none"), *_data(16), tmp_path, resume=False,
-                     progress=_InterruptAt(3))
+                     progress=InterruptAt("train-ldm", 3))
     assert load_checkpoint(tmp_path / training.CHECKPOINT)["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
@@ -192,7 +209,7 @@ def test_ddp_with_two_cpu_processes(tmp_path):
     """Two gloo processes stay in step, see disjoint rows, and share anchors fitted in two groups."""
     cfg = _config(max_steps=4, batch_size=4)  # 32 rows / (4 x 2) = 4 steps per epoch: one DyGA round at step 4
     launch(_ddp_worker, 2, "gloo", cfg, *_data(32), tmp_path)
-    ranks = torch.load(tmp_path / "ranks.pt")
+    ranks = torch.load(tmp_path / "ranks.pt", weights_only=True)
     torch.testing.assert_close(ranks["sums"][0], ranks["sums"][1], rtol=0, atol=1e-9)
     assert not set(ranks["rows"][0].tolist()) & set(ranks["rows"][1].tolist())
     state = load_checkpoint(tmp_path / training.CHECKPOINT)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import artifact_dirs
+from conftest import artifact_dirs, replace_artifact_file, write_code_payload
 from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
+from dydis.errors import TrainingInterrupted
+from dydis.training.checkpoint import load_checkpoint
 from dydis.training.ldm import load_model
+from dydis.training.runs import RunFolder
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,12 +32,13 @@ LDM_SMALL = ["--preset", "tiny", "--max-steps", "4", "--batch-size", "16", "--la
 def store(tmp_path_factory):
     """Two synthetic datasets (64 and 32 images; the second has a constant factor) and a tiny vqgan for each."""
     root = tmp_path_factory.mktemp("store")
+    runs = tmp_path_factory.mktemp("runs")  # its own: another module's run of the same name holds a checkpoint
     for name, grid in (("synthetic", "2,2,2,2,2,2"), ("other", "2,2,2,1,2,2")):
         made = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", grid, "--name", name,
                                    "--root", str(root)])
         assert made.exit_code == 0, made.output
         vq = runner.invoke(app, ["train-vqgan", "--data", f"prepare-data/{name}", *VQ_SMALL, "--root", str(root),
-                                 "--runs", str(root.parent / "runs")])
+                                 "--runs", str(runs)])
         assert vq.exit_code == 0, vq.output
     return root
 
@@ -188,8 +195,8 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
     assert scored.exit_code == 0, scored.output
     with np.load(f"{scored.stdout.strip()}/reps.npz") as reps:
         codes = reps["codes"].astype(np.float64)
-    data_path = next(i["path"] for i in manifest["inputs"] if i["role"] == "data")
-    with DatasetFile(f"{data_path}/data.h5") as data:
+    trained = ArtifactStore(store).load(path)
+    with DatasetFile(ArtifactStore(store).input_of(trained, "data", "dataset").file("data.h5")) as data:
         truth = GroundTruth(data.factors, data.factor_sizes)
     expected = evaluate(codes, truth, metrics=protocol["metrics"], options=protocol["options"])
     assert protocol["last"] == pytest.approx(dict(expected), abs=1e-9)
@@ -202,3 +209,147 @@ def test_train_ldm_refuses_evaluation_without_varying_factors(store, tmp_path):
     assert result.exit_code == 2, result.output
     assert "the factors ['scale'] take a single value" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- reliability: model files, run folders, Ctrl-C ---------------------------------------------
+
+def _one_line(result, code: int = 2) -> str:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def _copy_of(store: Path, copy: Path) -> Path:
+    """A private copy of the store whose artifacts name their inputs in the copy (they record paths)."""
+    shutil.copytree(store, copy)
+    for manifest in copy.glob("*/*/v*/manifest.yaml"):
+        manifest.chmod(0o644)
+        manifest.write_text(manifest.read_text().replace(str(store), str(copy)))
+    return copy
+
+
+def test_code_in_a_model_file_is_refused_not_run(store, ldm_artifact, tmp_path):
+    """A pickle payload in an ldm or vqgan model.pt, with a manifest rewritten to match, is refused
+    by every command that loads it (exit 2, one line naming the file) and never runs."""
+    marker = tmp_path / "code-ran"
+    copy = _copy_of(store, tmp_path / "store")
+    ldm_dir = copy / "train-ldm" / "scored" / "v1"
+    replace_artifact_file(ldm_dir, "model.pt", lambda path: write_code_payload(path, marker, model={}, configs={}))
+    for args in (["eval-metrics", "--model", "train-ldm/scored", "--metrics", "mig"],
+                 ["downstream-gbt", "--model", "train-ldm/scored"],
+                 ["visualize", "units", "--model", "train-ldm/scored"]):
+        result = runner.invoke(app, [*args, "--root", str(copy)])
+        assert not marker.exists(), args
+        assert _one_line(result) == (f"error: {ldm_dir / 'model.pt'}: refused: expected only tensors and plain "
+                                     "values in the ldm model file, found other Python objects (loading them could "
+                                     "run code)")
+    copy = _copy_of(store, tmp_path / "store2")
+    vqgan_dir = copy / "train-vqgan" / "synthetic" / "v1"
+    replace_artifact_file(vqgan_dir, "model.pt", lambda path: write_code_payload(path, marker, model={}, config={}))
+    refused = (f"error: {vqgan_dir / 'model.pt'}: refused: expected only tensors and plain values in the vqgan model "
+               "file, found other Python objects (loading them could run code)")
+    figure = runner.invoke(app, ["visualize", "interchange", "--model", "train-ldm/scored", "--root", str(copy)])
+    assert _one_line(figure) == refused
+    checkpoint = tmp_path / "runs" / "train-ldm" / "synthetic" / "checkpoint.pt"  # a run to --restart
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"step": 1, "config": {}}, checkpoint)
+    restart = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--restart", "--root", str(copy),
+                                  "--runs", str(tmp_path / "runs")])
+    assert _one_line(restart) == refused  # train-ldm reads the vqgan (its decoder) before deleting the run
+    assert load_checkpoint(checkpoint)["step"] == 1 and not marker.exists()
+
+
+def test_restart_checks_the_lpips_files_before_deleting_the_run(store, tmp_path):
+    args = ["train-vqgan", "--data", "prepare-data/synthetic", *VQ_SMALL, "--name", "lpips", "--root", str(store),
+            "--runs", str(tmp_path)]
+    assert runner.invoke(app, args).exit_code == 0
+    checkpoint = tmp_path / "train-vqgan" / "lpips" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+    missing = tmp_path / "vgg16.pth"
+    result = runner.invoke(app, [*args, "--restart", "--lpips-vgg", str(missing), "--lpips-heads", str(missing)])
+    assert _one_line(result) == f"error: {missing}: torch state dict not found"
+    assert checkpoint.read_bytes() == before
+
+
+def test_code_in_a_checkpoint_is_refused_on_resume(store, tmp_path):
+    runs, marker = tmp_path / "runs", tmp_path / "code-ran"
+    checkpoint = runs / "train-ldm" / "synthetic" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    write_code_payload(checkpoint, marker, step=1, config={})
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--resume", "--root", str(store),
+                                 "--runs", str(runs)])
+    assert not marker.exists()
+    assert _one_line(result) == (f"error: {checkpoint}: refused: expected only tensors and plain values in the "
+                                 "checkpoint, found other Python objects (loading them could run code)")
+
+
+def test_names_outside_the_runs_folder_are_refused_before_anything_is_touched(store, tmp_path):
+    """The old commands wiped RUNS/<stage>/<name> first: ../../victim or an absolute path deleted
+    that folder even though the command was then rejected (here: a batch larger than the data,
+    LPIPS files that do not exist)."""
+    victim, runs = tmp_path / "victim", tmp_path / "runs"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("data")
+    rejected = {"train-ldm": ["--dataset", "synthetic", "--max-steps", "1", "--batch-size", "512"],
+                "train-vqgan": ["--data", "prepare-data/synthetic", *VQ_SMALL, "--lpips-vgg", str(tmp_path / "no.pth"),
+                                "--lpips-heads", str(tmp_path / "no.pth")]}
+    for command, args in rejected.items():
+        for name in ("../../victim", str(victim), ".."):
+            result = runner.invoke(app, [command, *args, "--name", name, "--root", str(store), "--runs", str(runs)])
+            assert _one_line(result) == (f"error: --name {name!r}: expected one name of letters, digits and . _ + -, "
+                                         "starting with a letter or digit (it names the artifact and the run folder)")
+            assert (victim / "keep.txt").read_text() == "data"
+    assert not runs.exists()
+
+
+def test_a_run_with_a_checkpoint_is_never_deleted_implicitly(store, tmp_path):
+    runs = tmp_path / "runs"
+    args = ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--max-steps", "2", "--name", "kept", "--root",
+            str(store), "--runs", str(runs)]
+    assert runner.invoke(app, args).exit_code == 0
+    folder = runs / "train-ldm" / "kept"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    again = runner.invoke(app, args)  # e.g. after Ctrl-C, without --resume
+    assert _one_line(again) == (f"error: {folder}: this run folder holds a checkpoint: continue it with --resume, "
+                                "or delete it and start over with --restart")
+    rejected = runner.invoke(app, [*args, "--restart", "--batch-size", "512"])  # --restart, but a bad value
+    assert "config key batch_size: 512 x 1 processes is more than the 64 images" in _one_line(rejected)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    restarted = runner.invoke(app, [*args, "--restart", "--seed", "7"])
+    assert restarted.exit_code == 0, restarted.output
+    assert load_checkpoint(folder / "checkpoint.pt")["config"]["seed"] == 7
+    nothing = runner.invoke(app, [*args, "--resume", "--name", "never-ran"])
+    assert _one_line(nothing) == (f"error: {runs / 'train-ldm' / 'never-ran'}: --resume: no checkpoint to continue in "
+                                  "this run folder; drop --resume to start a new run")
+
+
+def test_a_second_run_of_a_folder_in_use_stops_at_once(store, tmp_path):
+    runs = tmp_path / "runs"
+    folder = RunFolder(runs, "train-ldm", "busy")
+    with folder.claim(resume=False, restart=False, config={}):  # another train-ldm --name busy, running
+        result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--name", "busy", "--root",
+                                     str(store), "--runs", str(runs)])
+    assert _one_line(result) == (f"error: {folder.path}: another process is using this run folder (a run of the same "
+                                 "stage and --name); wait for it to finish or pick another --name")
+    assert [p.name for p in folder.path.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize("stop", [TrainingInterrupted("stopped at step 2 of 4; continue with --resume", "ckpt.pt"),
+                                  KeyboardInterrupt()])
+def test_an_interrupted_run_exits_130(store, tmp_path, monkeypatch, stop):
+    def interrupted(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr("dydis.training.ldm.fit", interrupted)
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--root", str(store), "--runs",
+                                 str(tmp_path)])
+    assert _one_line(result, 130) == (f"error: {stop}" if str(stop) else "error: interrupted")
+
+
+def test_compile_on_the_cpu_is_refused_before_training(store, tmp_path):
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--compile", "--root", str(store),
+                                 "--runs", str(tmp_path)])
+    assert _one_line(result) == ("error: config key compile: torch.compile of the U-Net runs on the GPU only; drop "
+                                 "--compile or train with --gpus 1 or more")
+    assert not (tmp_path / "train-ldm").exists()

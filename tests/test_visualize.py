@@ -147,7 +147,7 @@ FAST = ["--ddim-steps", "2", "--pairs", "2", "--images", "2", "--steps", "3", "-
 def store(tmp_path_factory):
     """A 32-image synthetic dataset, a vqgan and an ldm (3 units, one DyGA round) trained on it."""
     root = tmp_path_factory.mktemp("store")
-    runs = root.parent / "runs"
+    runs = tmp_path_factory.mktemp("runs")  # its own: another module's run of the same name holds a checkpoint
     for args in (["prepare-data", "--dataset", "synthetic", "--grid", "2,2,2,1,2,2"],
                  ["train-vqgan", "--data", "prepare-data/synthetic", *VQ_TINY, "--runs", str(runs)],
                  ["train-ldm", "--dataset", "synthetic", *LDM_TINY, "--runs", str(runs)]):

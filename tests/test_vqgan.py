@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
+from conftest import InterruptAt
 from dydis.config import TrainVQGANConfig, build_config
 from dydis.distributed import launch
-from dydis.errors import TrainingDiverged
+from dydis.errors import TrainingDiverged, TrainingInterrupted
 from dydis.models.config import VQGAN_PRESETS, VQLossConfig
 from dydis.models.lpips import LPIPS
 from dydis.models.vqgan import VQGAN, VectorQuantizer
@@ -138,8 +140,25 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
     cfg = _config(max_steps=2, base_lr=1e-4)
     ctx = training.Context(0, 1, torch.device("cpu"))
     poisoned = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, codebook_weight=float("nan")))
-    with pytest.raises(TrainingDiverged, match="non-finite at step 0"):
+    with pytest.raises(TrainingDiverged) as caught:
         training.fit(ctx, poisoned, images, torch.arange(16), tmp_path, resume=False)
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path}: the loss became non-finite at step 0 (ae nan, d ")
+    assert message.endswith("); no checkpoint was saved; lower base_lr and start over with --restart")
+
+
+def test_ctrl_c_checkpoints_and_stops_cleanly(tmp_path):
+    """As train-ldm: Ctrl-C after step 2 stops after step 3 with a checkpoint there, to resume."""
+    images, rows = _tiny_images(16), torch.arange(16)
+    ctx = training.Context(0, 1, torch.device("cpu"))
+    with pytest.raises(TrainingInterrupted) as caught:
+        training.fit(ctx, _config(max_steps=6, accumulate=1), images, rows, tmp_path, resume=False,
+                     progress=InterruptAt("train-vqgan", 2))
+    assert str(caught.value) == f"{tmp_path / training.CHECKPOINT}: stopped at step 3 of 6; continue with --resume"
+    assert load_checkpoint(tmp_path / training.CHECKPOINT)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    training.fit(ctx, _config(max_steps=6, accumulate=1), images, rows, tmp_path, resume=True)
+    assert load_checkpoint(tmp_path / training.CHECKPOINT)["step"] == 6
 
 
 def _ddp_worker(ctx, cfg, images, rows, run_dir):
@@ -156,7 +175,7 @@ def test_ddp_starts_on_cpu_with_gloo(tmp_path):
     cfg = _config(max_steps=2, batch_size=4, accumulate=1)
     launch(_ddp_worker, 2, "gloo", cfg, images, torch.arange(32), tmp_path)
     assert load_checkpoint(tmp_path / training.CHECKPOINT)["step"] == 2
-    replicas = torch.load(tmp_path / "replicas.pt")
+    replicas = torch.load(tmp_path / "replicas.pt", weights_only=True)
     assert replicas.shape[0] == 2
     torch.testing.assert_close(replicas[0], replicas[1], rtol=0, atol=1e-9)  # averaged gradients keep them in step
     untrained, _ = training.build_models(cfg, None)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -17,6 +18,8 @@ from dydis.config import to_dict
 from dydis.errors import ConfigError, DataError
 from dydis.stages import workflow as stage_table
 from dydis.stages.workflow import STAGES
+from dydis.training.checkpoint import load_checkpoint
+from dydis.training.runs import RunFolder
 from dydis.workflow import Point, StageSpec, execute, load_workflow, sweep_points
 
 runner = CliRunner()
@@ -193,6 +196,35 @@ def test_from_reruns_that_stage_and_until_stops(copy_of):
     assert forced.stdout.strip() == str(root / "train-ldm" / "tiny" / "v2")
 
 
+@pytest.mark.usefixtures("one_thread")
+def test_a_failed_training_stage_resumes_from_its_checkpoint(copy_of, monkeypatch):
+    """The real train-ldm stage fails after its last checkpoint (here: drawing the samples); the
+    next `dydis run` resumes that run folder instead of training again or refusing to touch it."""
+    from dydis.stages import train_ldm
+    from dydis.training import ldm as training
+
+    workflow, root = copy_of
+    fits, original_fit = [], training.fit
+
+    def recorded_fit(ctx, cfg, *args):
+        fits.append(args[-2])  # resume
+        return original_fit(ctx, cfg, *args)
+
+    def broken(*args, **kwargs):
+        raise DataError("samples broken on purpose", "samples.png")
+
+    monkeypatch.setattr(training, "fit", recorded_fit)
+    monkeypatch.setattr(train_ldm, "_sample_sheet", broken)
+    failed = invoke(workflow, root, "--set", "ldm.max_steps=3")
+    assert failed.exit_code == 2 and failed.stderr.splitlines()[-1] == "error: samples.png: samples broken on purpose"
+    assert load_checkpoint(root.parent / "runs" / "train-ldm" / "tiny" / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(train_ldm, "_sample_sheet", lambda *args: None)
+    fixed = invoke(workflow, root, "--set", "ldm.max_steps=3")
+    assert fixed.exit_code == 0, fixed.output
+    assert fits == [False, True]  # started over (the finished 2-step run was stale), then resumed at step 3
+    assert ArtifactStore(root).load("train-ldm/tiny").results["steps"] == 3
+
+
 def test_from_needs_the_earlier_stages_up_to_date(copy_of):
     workflow, root = copy_of
     result = invoke(workflow, root, "--from", "ldm", "--set", "vqgan.max_steps=3")
@@ -214,16 +246,22 @@ class FakeConfig:
 
 
 class FakeStages:
-    """Stand-ins that publish real artifacts in a blink and record how they were called."""
+    """Stand-ins that publish real artifacts in a blink and record how they were called; a
+    training one holds its run folder as the real ones do and leaves a checkpoint before it can fail."""
 
     def __init__(self):
-        self.calls: list[tuple[str, str, bool | None]] = []
+        self.calls: list[tuple] = []
         self.broken: set[str] = set()
 
     def spec(self, stage: str, kind: str, inputs: dict[str, str] | None = None, trains: bool = False,
              compares_points: bool = False) -> StageSpec:
-        def run(cfg, store, *, name, progress=None, runs_dir=None, resume=None):
-            self.calls.append((stage, name, resume))
+        def run(cfg, store, *, name, progress=None, runs_dir=None, resume=None, restart=None):
+            self.calls.append((stage, name, resume) if restart is None else (stage, name, resume, restart))
+            if trains:
+                folder = RunFolder(runs_dir, stage, name)
+                with folder.claim(resume=resume, restart=restart, config=to_dict(cfg)):
+                    folder.start(resume=resume)
+                    torch.save({"step": 1, "config": to_dict(cfg)}, folder.checkpoint)
             if stage in self.broken:
                 raise DataError(f"{stage} broken on purpose", "somewhere")
             sources = [ref for ref in (cfg.data, *cfg.models, *cfg.scores) if ref]
@@ -286,11 +324,38 @@ def test_a_failed_stage_stops_the_run_and_the_rerun_resumes_it(fakes):
     fixed = invoke(workflow, root)
     assert fixed.exit_code == 0, fixed.output
     assert statuses(fixed) == {"make": "up to date", "train": "wrote", "score": "wrote"}
-    assert stages.calls == [("train", "toy", True), ("score", "toy", None)]  # resumed from its checkpoint
+    assert stages.calls == [("train", "toy", True, False), ("score", "toy", None)]  # resumed from its checkpoint
     stages.calls.clear()
     changed = invoke(workflow, root, "--set", "train.value=2")
     assert changed.exit_code == 0, changed.output
-    assert stages.calls[0] == ("train", "toy", False)  # another config: start afresh
+    assert stages.calls[0] == ("train", "toy", False, True)  # another config: the finished run's checkpoint is stale
+
+
+def test_a_failed_stage_rerun_with_another_config_starts_over(fakes):
+    stages, workflow, root = fakes
+    stages.broken.add("train")
+    assert invoke(workflow, root).exit_code == 2
+    stages.broken.clear()
+    stages.calls.clear()
+    changed = invoke(workflow, root, "--set", "train.value=2")
+    assert changed.exit_code == 0, changed.output
+    assert stages.calls[0] == ("train", "toy", False, True)  # its own checkpoint, of another config: restarted
+    restarted = torch.load(root.parent / "runs" / "train" / "toy" / "checkpoint.pt", weights_only=True)
+    assert restarted["config"]["value"] == 2
+
+
+def test_a_checkpoint_the_runner_did_not_make_is_left_alone(fakes):
+    stages, workflow, root = fakes
+    checkpoint = root.parent / "runs" / "train" / "toy" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"step": 3, "config": {"value": 9}}, checkpoint)  # e.g. `dydis train --name toy`, stopped by Ctrl-C
+    before = checkpoint.read_bytes()
+    result = invoke(workflow, root)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (f"error: {checkpoint.parent}: this run folder holds a checkpoint that "
+                                              "`dydis run` did not make; continue it with `dydis train --resume "
+                                              "--name toy`, or delete the folder")
+    assert checkpoint.read_bytes() == before and [c[0] for c in stages.calls] == ["make"]
 
 
 def test_seeds_run_the_seeded_stages_once_each_and_evaluate_them_together(fakes):

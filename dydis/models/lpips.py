@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from dydis.errors import DataError
+from dydis.torchfile import load_torch_file
 
 # VGG16 "features" layers: numbers are conv widths, "M" max-pooling (torchvision's order).
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -95,12 +96,7 @@ class LPIPS(nn.Module):
 
 
 def _load(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("weights file not found", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for a damaged file
-        raise DataError(f"not a readable torch state dict ({err.__class__.__name__})", path) from None
-
-
+    weights = load_torch_file(path, "torch state dict")
+    if not isinstance(weights, dict):
+        raise DataError(f"expected a torch state dict, found a {type(weights).__name__}", path)
+    return weights

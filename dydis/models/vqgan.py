@@ -18,6 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from dydis.models.config import VQGANConfig
+from dydis.torchfile import load_torch_file, load_weights, require_keys
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -219,11 +220,13 @@ class VQGAN(nn.Module):
 
     @classmethod
     def from_file(cls, path) -> "VQGAN":
-        """The model saved in a vqgan artifact's ``model.pt`` (weights + config)."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        """The model saved in a vqgan artifact's ``model.pt`` (weights + config); a file that is
+        missing, unreadable, refused (it holds more than tensors and plain values) or not a vqgan
+        model is a ``DataError``."""
+        saved = require_keys(load_torch_file(path, "vqgan model file"), ("model", "config"), "vqgan model file", path)
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in saved["config"].items()}
         model = cls(VQGANConfig(**fields))
-        model.load_state_dict(saved["model"])
+        load_weights(model, saved["model"], path)
         return model.eval()
 
     @property

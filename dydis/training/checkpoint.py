@@ -1,21 +1,29 @@
-"""Atomic, resumable checkpoints.
+"""Atomic, resumable checkpoints, and how the training loops use them.
 
 A checkpoint is written to a temporary file and renamed over the previous one, so a crash
 while saving leaves the last good checkpoint in place. It carries everything needed to
 continue bit-for-bit: weights, optimiser states, the step, and the states of the random
-generators the loop owns.
+generators the loop owns; the config is stored as a plain dict, so the file holds tensors and
+plain values only and loads with ``weights_only=True`` (``dydis.torchfile``).
+
+A loop saves through a ``Checkpoint``, which refuses to save a state with a NaN or infinite
+value (a diverged run keeps its last good checkpoint) and words the errors that stop a run:
+divergence and Ctrl-C (``stop_requests``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
-from dydis.errors import ConfigError, DataError
+from dydis.errors import TrainingDiverged, TrainingInterrupted
+from dydis.torchfile import load_torch_file, require_keys
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -25,13 +33,10 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise DataError("no checkpoint to resume from", path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a truncated file raises several unrelated types
-        raise DataError(f"unreadable checkpoint ({err.__class__.__name__}); delete it to start over", path) from None
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint's state (``mmap``: tensors mapped, not read); a missing, unreadable or refused
+    file is a one-line ``DataError``."""
+    return require_keys(load_torch_file(path, "checkpoint", mmap=mmap), ("step", "config"), "checkpoint", path)
 
 
 def cpu_state(module_or_optimizer) -> dict[str, Any]:
@@ -48,13 +53,83 @@ def cpu_state(module_or_optimizer) -> dict[str, Any]:
     return move(module_or_optimizer.state_dict())
 
 
-def prepare_run_dir(run_dir: Path, checkpoint: Path, config: Any, resume: bool) -> None:
-    """Keep the run directory for ``--resume`` when its checkpoint has the same config, else
-    start it afresh; resuming a run that was started with another config is an error."""
-    if resume and checkpoint.is_file():
-        if load_checkpoint(checkpoint)["config"] != config:
-            raise ConfigError(f"--resume: the run in {run_dir} was started with a different config; "
-                              "resume with the same settings or drop --resume to start over")
-    elif run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _float_tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point():
+            yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _float_tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _float_tensors(item)
+
+
+def count_non_finite(state: Any) -> tuple[int, int]:
+    """(tensors holding a NaN or an infinity, floating-point tensors) in a nested state; one host sync."""
+    tensors = list(_float_tensors(state))
+    if not tensors:
+        return 0, 0
+    return int(torch.stack([~torch.isfinite(t).all() for t in tensors]).sum()), len(tensors)
+
+
+class Checkpoint:
+    """A run's checkpoint file as its training loop sees it.
+
+    Every process calls ``save`` (only the one that ``writes`` writes the file), so all of them
+    stop together when the state is not finite; ``step`` is the step of the state the file
+    holds, as far as this run knows (None: no checkpoint, a fresh run), which the errors
+    report.
+    """
+
+    def __init__(self, path: Path, *, writes: bool, lr_key: str):
+        self.path, self.writes, self.lr_key = path, writes, lr_key
+        self.step: int | None = None
+
+    def load(self) -> dict[str, Any]:
+        state = load_checkpoint(self.path)
+        self.step = int(state["step"])
+        return state
+
+    def save(self, step: int, parts: dict[str, Any], **values: Any) -> None:
+        """Save the state dicts of ``parts`` (modules, optimisers) and plain ``values`` at ``step``;
+        a part with a non-finite tensor stops the run instead, keeping the previous checkpoint."""
+        bad = {name: count_non_finite(part.state_dict()) for name, part in parts.items()}
+        bad = {name: counts for name, counts in bad.items() if counts[0]}
+        if bad:
+            found = ", ".join(f"{name} {n} of {total} tensors" for name, (n, total) in bad.items())
+            raise self.diverged(f"the state became non-finite by step {step} ({found})")
+        if self.writes:
+            save_checkpoint(self.path, {**{name: cpu_state(part) for name, part in parts.items()}, **values,
+                                        "step": step})
+        self.step = step
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """The error that stops a run whose loss or state went NaN or infinite: what is kept, and
+        what works (resume refuses a changed config, so a lower rate means starting over)."""
+        kept = f"the checkpoint of step {self.step} is kept" if self.step is not None else "no checkpoint was saved"
+        return TrainingDiverged(f"{what}; {kept}; lower {self.lr_key} and start over with --restart",
+                                self.path if self.step is not None else self.path.parent)
+
+    def interrupted(self, step: int, steps: int) -> TrainingInterrupted:
+        return TrainingInterrupted(f"stopped at step {step} of {steps}; continue with --resume", self.path)
+
+
+@contextmanager
+def stop_requests() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C asks the loop to stop after the current step (a second Ctrl-C stops at once);
+    yields the question "was it asked?". Outside the main thread no handler can be set: never."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+
+    def on_interrupt(signum, frame):
+        requested.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)

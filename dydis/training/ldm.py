@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -33,22 +31,23 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from dydis.config import TrainLDMConfig, from_dict
+from dydis.config import TrainLDMConfig, from_dict, to_dict
 from dydis.distributed import Context, autocast_for
 from dydis.dyga import DyGA
-from dydis.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from dydis.errors import ConfigError
 from dydis.models.config import DiffusionConfig, FeatureExtractorConfig, FSQConfig, UNetConfig
 from dydis.models.ema import EMA
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
+from dydis.torchfile import load_torch_file, load_weights, require_keys
 from dydis.training.batches import BatchStream, to_model_input
-from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
+from dydis.training.checkpoint import Checkpoint, stop_requests
 from dydis.training.csvlog import CsvLog
+from dydis.training.runs import CHECKPOINT
 
 if TYPE_CHECKING:
     from dydis.training.monitor import DisentanglementMonitor
 
-CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "train_log.csv"
 ROUNDS_CSV = "dyga_rounds.csv"
 log = logging.getLogger("dydis.train_ldm")
@@ -177,25 +176,6 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
 # ---- the loop ------------------------------------------------------------------------------
 
 
-@contextmanager
-def _stop_requests() -> Iterator[Callable[[], bool]]:
-    """Ctrl-C asks the loop to stop after the current step (a second Ctrl-C stops at once)."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set
-        return
-
-    def on_interrupt(signum, frame):
-        requested.set()
-        signal.signal(signal.SIGINT, previous)
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        yield requested.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, train_rows: Tensor, run_dir: Path,
         resume: bool, progress: Progress | None = None, monitor: DisentanglementMonitor | None = None
         ) -> LatentDiffusion:
@@ -220,9 +200,9 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
     per_epoch = stream.batches_per_epoch
     steps = total_steps(cfg, len(train_rows), ctx.world_size)
     step, anchors, rounds = 0, None, 0
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
+    checkpoint = Checkpoint(run_dir / CHECKPOINT, writes=ctx.is_main, lr_key="lr")
+    if resume:
+        state = checkpoint.load()
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
@@ -230,7 +210,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
         if state["anchors"] is not None:
             anchors = Anchors.from_state_dict(state["anchors"]).to(device)
         if ctx.is_main:
-            log.info("resumed from %s at step %d of %d", checkpoint_path, step, steps)
+            log.info("resumed from %s at step %d of %d", checkpoint.path, step, steps)
     if on_gpu:
         model.unet.to(memory_format=torch.channels_last)
         images, latents = images.to(device), latents.to(device)
@@ -242,18 +222,16 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
     generator = torch.Generator(device=device)
 
     def save(at_step: int) -> None:
-        if ctx.is_main:
-            save_checkpoint(checkpoint_path, {
-                "model": cpu_state(model), "ema": cpu_state(ema), "optimizer": cpu_state(optimizer),
-                "anchors": None if anchors is None else anchors.state_dict(), "step": at_step,
-                "dyga_rounds": rounds, "config": cfg})
+        checkpoint.save(at_step, {"model": model, "ema": ema, "optimizer": optimizer},
+                        anchors=None if anchors is None else anchors.state_dict(), dyga_rounds=rounds,
+                        config=to_dict(cfg))
 
     monitor = monitor if ctx.is_main else None
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step) if ctx.is_main else None
     seen, train_seconds, window = 0, 0.0, []
     model.train()
-    with _stop_requests() as stop_requested, progress.task("train-ldm", total=steps, unit="step") as task:
+    with stop_requests() as stop_requested, progress.task("train-ldm", total=steps, unit="step") as task:
         task.advance(step)
         while step < steps:
             tick = time.perf_counter()
@@ -278,8 +256,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
                 shared[0] /= ctx.world_size
             loss_value, stop = shared.tolist()
             if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss became non-finite at step {step}; the last good checkpoint is kept "
-                                       "— lower lr and resume", checkpoint_path)
+                raise checkpoint.diverged(f"the loss became non-finite at step {step}")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             ema.update(model.unet)
@@ -309,8 +286,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
                              step // per_epoch, report["anchors"], report["seconds"])
             if stop:
                 save(step)
-                raise TrainingInterrupted(f"stopped at step {step} of {steps}; continue with --resume",
-                                          checkpoint_path)
+                raise checkpoint.interrupted(step, steps)
             if epoch_done or step % cfg.checkpoint_every == 0 or step == steps:
                 save(step)
     return model
@@ -326,14 +302,16 @@ class TrainedLDM(NamedTuple):
 
 
 def load_model(path: Path) -> TrainedLDM:
-    """What an ldm artifact's ``model.pt`` holds, read once."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """What an ldm artifact's ``model.pt`` holds, read once; a file that is missing, unreadable,
+    refused (it holds more than tensors and plain values) or not an ldm model is a ``DataError``."""
+    saved = require_keys(load_torch_file(path, "ldm model file"), ("model", "configs", "scale_factor"),
+                         "ldm model file", path)
     configs = saved["configs"]
     fsq = from_dict(FSQConfig, configs["fsq"]) if configs.get("fsq") is not None else None
     model = LatentDiffusion(from_dict(FeatureExtractorConfig, configs["feature_extractor"]),
                             from_dict(UNetConfig, configs["unet"]), from_dict(DiffusionConfig, configs["diffusion"]),
                             fsq)
-    model.load_state_dict(saved["model"])
+    load_weights(model, saved["model"], path)
     anchors = Anchors.from_state_dict(saved["anchors"]) if saved.get("anchors") is not None else None
     return TrainedLDM(model.eval(), anchors, float(saved["scale_factor"]))
 

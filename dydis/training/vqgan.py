@@ -2,7 +2,8 @@
 
 One optimiser update ("step") accumulates ``accumulate`` micro-batches per process; with
 several processes, gradients are averaged across them after accumulation, as DDP would.
-The loop runs in every process; only rank 0 writes checkpoints and logs.
+The loop runs in every process; only rank 0 writes checkpoints and logs. Ctrl-C stops it
+after the current step with a checkpoint to resume from, as in train-ldm.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from dydis.config import TrainVQGANConfig
+from dydis.config import TrainVQGANConfig, to_dict
 from dydis.distributed import Context, autocast_for
-from dydis.errors import TrainingDiverged
 from dydis.models.lpips import HUB_VGG16, LPIPS
 from dydis.models.vqgan import VQGAN
 from dydis.models.vqgan_loss import VQGANLoss
 from dydis.progress import Progress, SilentProgress
 from dydis.training.batches import BatchStream, to_images, to_model_input
-from dydis.training.checkpoint import cpu_state, load_checkpoint, save_checkpoint
+from dydis.training.checkpoint import Checkpoint, stop_requests
 from dydis.training.csvlog import CsvLog
+from dydis.training.runs import CHECKPOINT
 
 log = logging.getLogger("dydis.train_vqgan")
-CHECKPOINT = "checkpoint.pt"
 LOG_CSV = "log.csv"
 
 
@@ -73,17 +73,19 @@ def _average_gradients(parameters: list[torch.nn.Parameter], ctx: Context) -> No
 
 
 def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: torch.Tensor, run_dir: Path,
-        resume: bool, progress: Progress | None = None) -> VQGAN:
+        resume: bool, progress: Progress | None = None, lpips: LPIPS | None = None) -> VQGAN:
     """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's trained model.
 
     The final state is also saved as the checkpoint (by rank 0).
 
-    ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on.
+    ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on;
+    ``lpips`` the perceptual loss's network (``load_lpips(cfg)``, loaded by the caller so that its
+    files are checked before a run starts), None to train without it.
     """
     progress = progress or SilentProgress()
     device = ctx.device
     run_dir.mkdir(parents=True, exist_ok=True)
-    model, loss_fn = build_models(cfg, load_lpips(cfg))
+    model, loss_fn = build_models(cfg, lpips)
     model.to(device)
     loss_fn.to(device)
     discriminator = loss_fn.discriminator
@@ -97,31 +99,28 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
     stream = BatchStream(len(train_rows), cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size)
     steps = total_steps(cfg, len(train_rows), ctx.world_size)
     step = 0
-    checkpoint_path = run_dir / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = load_checkpoint(checkpoint_path)
+    checkpoint = Checkpoint(run_dir / CHECKPOINT, writes=ctx.is_main, lr_key="base_lr")
+    if resume:
+        state = checkpoint.load()
         model.load_state_dict(state["model"])
         discriminator.load_state_dict(state["discriminator"])
         opt_ae.load_state_dict(state["opt_ae"])
         opt_d.load_state_dict(state["opt_d"])
         step = state["step"]
         if ctx.is_main:
-            log.info("resumed from %s at step %d of %d", checkpoint_path, step, steps)
+            log.info("resumed from %s at step %d of %d", checkpoint.path, step, steps)
     images_on_device = images.to(device) if device.type == "cuda" else images
     rows_on_device = train_rows.to(images_on_device.device)
     autocast = autocast_for(device, cfg.precision)
     model_params, disc_params = list(model.parameters()), list(discriminator.parameters())
 
     def save(at_step: int) -> None:
-        if ctx.is_main:
-            save_checkpoint(checkpoint_path, {
-                "model": cpu_state(model), "discriminator": cpu_state(discriminator),
-                "opt_ae": cpu_state(opt_ae), "opt_d": cpu_state(opt_d), "step": at_step, "config": cfg,
-            })
+        checkpoint.save(at_step, {"model": model, "discriminator": discriminator, "opt_ae": opt_ae, "opt_d": opt_d},
+                        config=to_dict(cfg))
 
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     started, seen = time.perf_counter(), 0
-    with progress.task("train-vqgan", total=steps, unit="step") as task:
+    with stop_requests() as stop_requested, progress.task("train-vqgan", total=steps, unit="step") as task:
         task.advance(step)
         while step < steps:
             totals: dict[str, torch.Tensor] = {}
@@ -142,11 +141,16 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                     totals[key] = totals.get(key, 0.0) + value.float() / cfg.accumulate
             _average_gradients(model_params, ctx)
             _average_gradients(disc_params, ctx)
-            losses = torch.stack([totals["ae_loss"], totals["d_loss"]])
-            if not bool(torch.isfinite(losses).all()):  # one host sync per step
-                raise TrainingDiverged(f"loss became non-finite at step {step} (ae {losses[0].item():.4g}, "
-                                       f"d {losses[1].item():.4g}); the last good checkpoint is kept "
-                                       "— lower base_lr and resume", checkpoint_path)
+            # one host sync per step: the losses and any stop request, averaged over processes so all agree
+            shared = torch.stack([totals["ae_loss"], totals["d_loss"],
+                                  torch.tensor(float(stop_requested()), device=device)])
+            if ctx.distributed:
+                dist.all_reduce(shared)
+                shared /= ctx.world_size
+            ae_loss, d_loss, stop = shared.tolist()
+            if not (math.isfinite(ae_loss) and math.isfinite(d_loss)):
+                raise checkpoint.diverged(f"the loss became non-finite at step {step} (ae {ae_loss:.4g}, "
+                                          f"d {d_loss:.4g})")
             opt_ae.step()
             opt_d.step()
             opt_ae.zero_grad(set_to_none=True)
@@ -163,6 +167,9 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                 task.update(description=f"train-vqgan l1 {row['l1']:.4f}")
                 if logger is not None:
                     logger.write(row)
+            if stop:
+                save(step)
+                raise checkpoint.interrupted(step, steps)
             if step % cfg.checkpoint_every == 0 or step == steps:
                 save(step)
     return model

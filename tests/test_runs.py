@@ -1,0 +1,135 @@
+"""Run folders: safe names, never deleted implicitly, one process at a time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dydis.errors import ConfigError
+from dydis.training.runs import LOCK, RunFolder
+
+CONFIG = {"lr": 1e-4, "sizes": [1, 2]}
+
+
+def _run_with_checkpoint(runs, name="x", config=CONFIG) -> RunFolder:
+    folder = RunFolder(runs, "train-ldm", name)
+    folder.path.mkdir(parents=True)
+    torch.save({"step": 3, "config": config}, folder.checkpoint)
+    (folder.path / "train_log.csv").write_text("step,loss\n1,0.5\n")
+    return folder
+
+
+def _contents(folder: RunFolder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.path.iterdir() if p.name != LOCK}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../../victim", "/tmp/victim", "a/b", "", "-x", "x\n", ".hidden"])
+def test_names_that_are_not_one_safe_path_component_are_refused(tmp_path, name):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("data")
+    with pytest.raises(ConfigError, match="--name .*: expected one name of letters, digits and"):
+        RunFolder(tmp_path / "runs" / "deep", "train-ldm", name)
+    assert (victim / "keep.txt").read_text() == "data"
+
+
+def test_a_run_folder_that_is_a_link_out_of_the_runs_folder_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "runs" / "train-ldm").mkdir(parents=True)
+    (tmp_path / "runs" / "train-ldm" / "x").symlink_to(victim)
+    folder = RunFolder(tmp_path / "runs", "train-ldm", "x")
+    with pytest.raises(ConfigError, match="outside"):
+        with folder.claim(resume=False, restart=True, config=CONFIG):
+            folder.start(resume=False)
+    assert victim.is_dir()
+
+
+def test_a_checkpoint_needs_resume_or_restart_and_a_refusal_touches_nothing(tmp_path):
+    folder = _run_with_checkpoint(tmp_path)
+    before = _contents(folder)
+    with pytest.raises(ConfigError) as caught:
+        with folder.claim(resume=False, restart=False, config=CONFIG):
+            pass
+    assert str(caught.value) == (f"{folder.path}: this run folder holds a checkpoint: continue it with --resume, "
+                                 "or delete it and start over with --restart")
+    assert sorted(p.name for p in folder.path.iterdir()) == ["checkpoint.pt", "train_log.csv"]  # not even a lock
+    with pytest.raises(ConfigError, match="give one of them"):
+        with folder.claim(resume=True, restart=True, config=CONFIG):
+            pass
+    assert _contents(folder) == before
+
+
+def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path):
+    fresh = RunFolder(tmp_path, "train-ldm", "new")
+    with pytest.raises(ConfigError, match="--resume: no checkpoint to continue"):
+        with fresh.claim(resume=True, restart=False, config=CONFIG):
+            pass
+    assert not fresh.path.exists()
+    folder = _run_with_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="started with a different config; .* --restart"):
+        with folder.claim(resume=True, restart=False, config={**CONFIG, "lr": 2e-4}):
+            pass
+    with folder.claim(resume=True, restart=False, config=CONFIG):
+        folder.start(resume=True)
+    assert (folder.path / "train_log.csv").is_file() and folder.has_checkpoint()
+
+
+def test_restart_deletes_only_at_start(tmp_path):
+    folder = _run_with_checkpoint(tmp_path)
+    before = _contents(folder)
+    with pytest.raises(ValueError):  # a stage's own check fails after the claim: nothing is deleted yet
+        with folder.claim(resume=False, restart=True, config=CONFIG):
+            raise ValueError("bad value")
+    assert _contents(folder) == before
+    with folder.claim(resume=False, restart=True, config=CONFIG):
+        folder.start(resume=False)
+        assert [p.name for p in folder.path.iterdir()] == [LOCK]
+
+
+def test_a_folder_without_checkpoint_starts_afresh(tmp_path):
+    folder = RunFolder(tmp_path, "train-ldm", "x")
+    folder.path.mkdir(parents=True)
+    (folder.path / "train_log.csv").write_text("step,loss\n1,nan\n")  # a run that never reached a checkpoint
+    with folder.claim(resume=False, restart=False, config=CONFIG):
+        folder.start(resume=False)
+        assert [p.name for p in folder.path.iterdir()] == [LOCK]
+
+
+def test_a_second_claim_of_the_same_folder_fails_at_once(tmp_path):
+    folder = RunFolder(tmp_path, "train-ldm", "x")
+    other = RunFolder(tmp_path, "train-ldm", "x")
+    with folder.claim(resume=False, restart=False, config=CONFIG):
+        with pytest.raises(ConfigError) as caught:
+            with other.claim(resume=False, restart=False, config=CONFIG):
+                pass
+        assert str(caught.value) == (f"{folder.path}: another process is using this run folder (a run of the same "
+                                     "stage and --name); wait for it to finish or pick another --name")
+    with other.claim(resume=False, restart=False, config=CONFIG):  # released at the end of the first run
+        pass
+
+
+def test_another_process_cannot_claim_a_held_folder(tmp_path):
+    folder = RunFolder(tmp_path, "train-ldm", "x")
+    script = ("import sys; from dydis.training.runs import RunFolder; from dydis.errors import ConfigError\n"
+              "try:\n"
+              f"    with RunFolder({str(tmp_path)!r}, 'train-ldm', 'x').claim(resume=False, restart=False, config={{}}):\n"
+              "        print('claimed')\n"
+              "except ConfigError as err:\n"
+              "    print(err)\n")
+    with folder.claim(resume=False, restart=False, config=CONFIG):
+        held = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    free = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "another process is using this run folder" in held.stdout, held.stderr
+    assert free.stdout.strip() == "claimed", free.stderr
+
+
+def test_a_process_that_does_not_own_the_folder_neither_checks_nor_deletes(tmp_path):
+    folder = _run_with_checkpoint(tmp_path)
+    before = _contents(folder)
+    with folder.claim(resume=False, restart=False, config=CONFIG, owner=False):  # torchrun's rank 1
+        folder.start(resume=False)
+    assert _contents(folder) == before
