@@ -134,8 +134,9 @@ def write_code_payload(path: Path, marker: Path, **values) -> Path:
 
 
 def replace_artifact_file(artifact_dir: Path, name: str, write) -> None:
-    """Rewrite file ``name`` of a published artifact with ``write(path)`` and its manifest entry to
-    match, as anyone who can write the store could: the manifest's hash then vouches for it."""
+    """Rewrite file ``name`` of a published artifact with ``write(path)``, its manifest entry and
+    the input hashes of the artifacts made from it to match, as anyone who can write the store
+    could: every hash then vouches for it."""
     import hashlib
     import os
 
@@ -149,6 +150,18 @@ def replace_artifact_file(artifact_dir: Path, name: str, write) -> None:
     data = path.read_bytes()
     manifest["files"][name] = {**manifest["files"][name], "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest_path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+    # and the artifacts made from it, which record its manifest's hash (paths relative to the store)
+    new_sha = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    root = artifact_dir.parents[2]
+    ref = artifact_dir.relative_to(root).as_posix()
+    for user_path in root.glob("*/*/v*/manifest.yaml"):
+        user = yaml.safe_load(user_path.read_text())
+        entries = [entry for entry in user.get("inputs") or [] if entry.get("path") == ref]
+        if entries:
+            for entry in entries:
+                entry["manifest_sha256"] = new_sha
+            os.chmod(user_path, 0o644)
+            user_path.write_text(yaml.safe_dump(user, sort_keys=False))
 
 
 class InterruptAt:
