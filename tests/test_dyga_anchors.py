@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dydis.dyga import DyGA
-from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, along_first_direction, choose_splits,
-                                cluster_density, drop_small, merge_children, split_batch)
+from dydis.dyga.anchors import (EMSettings, SplitBatch, along_first_direction, choose_splits, drop_small,
+                                merge_children, split_batch)
+from dydis.dyga.clusters import ComponentDensities, cluster_density
 from dydis.dyga.hddc import Points, e_step, isotropic
 from dydis.dyga.streams import UnitStreams
 
