@@ -34,9 +34,9 @@ from dydis.dyga import DyGA
 
 def latent_units(n_units: int, n_points: int, dim: int = 32, n_values: int = 10, noise: float = 0.03,
                  seed: int = 0) -> torch.Tensor:
-    """[U, n, D] features like a trained extractor's: per unit, a scalar with ``n_values``
-    attribute values (plus noise) through a random 1-256-512-D ReLU MLP (final ReLU included,
-    as in the released feature extractor)."""
+    """[n, U, D] features like a trained extractor's output: per unit, a scalar with
+    ``n_values`` attribute values (plus noise) through a random 1-256-512-D ReLU MLP (final
+    ReLU included, as in the released feature extractor)."""
     g = torch.Generator().manual_seed(seed)
     values = torch.linspace(-1.0, 1.0, n_values)
     out = []
@@ -47,7 +47,7 @@ def latent_units(n_units: int, n_points: int, dim: int = 32, n_values: int = 10,
         w2 = torch.randn(256, 512, generator=g) * (2 / 256) ** 0.5
         w3 = torch.randn(512, dim, generator=g) * (2 / 512) ** 0.5
         out.append(torch.relu(torch.relu(torch.relu(s[:, None] @ w1 + b1) @ w2) @ w3))
-    return torch.stack(out)
+    return torch.stack(out, 1)
 
 
 def scaled(x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +232,7 @@ def main() -> None:
             print(f"(c) final log-likelihood per point, DyGA({mode!r}): {fit.log_likelihood_.item():.3f}")
         return
     start = time.perf_counter()
-    reference = NaiveDyGA().fit(scaled(one[0]))
+    reference = NaiveDyGA().fit(scaled(one[:, 0]))
     ref_seconds = time.perf_counter() - start
     for mode, (seconds, fit) in ours.items():
         print(f"(b) one unit of {ref_points:,} points: naive reference {ref_seconds:.1f} s, DyGA({mode!r}) "

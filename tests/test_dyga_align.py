@@ -30,7 +30,7 @@ def fitted() -> dict[str, DyGA]:
     one blob, 30 EM iterations may not pull the two (nearly equal) Gaussians apart."""
     x = two_blob_units()
     start = CENTRES + 0.2
-    return {mode: DyGA(mode, max_components=2, random_split=0.0, means_init=start).fit(x)
+    return {mode: DyGA(mode, max_components=2, random_split=0.0, means_init=start).fit(x.transpose(0, 1))
             for mode in ("paper", "official")}
 
 

@@ -206,7 +206,7 @@ def test_bimodal_clusters_split_in_one_round_and_a_tiny_cluster_is_filtered():
     # three groups of two blobs plus a 3-point cluster; one starting Gaussian per group and
     # one on the tiny cluster. Groups are denser than psi, single blobs are not.
     centres = [[x, y] for x in (0.0, 10.0, 20.0) for y in (-1.0, 1.0)]
-    x = torch.cat([grid_blobs(centres), grid_blobs([[10.0, 6.0]], n_per=3, std=0.01)])[None]
+    x = torch.cat([grid_blobs(centres), grid_blobs([[10.0, 6.0]], n_per=3, std=0.01)])[:, None]
     init = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [10.0, 6.0]]], dtype=F64)
     model = DyGA(n_init=4, max_components=8, psi=0.02, random_split=0.0, means_init=init).fit(x)
     assert model.n_split_rounds_ == 1
@@ -221,7 +221,7 @@ def test_bimodal_clusters_split_in_one_round_and_a_tiny_cluster_is_filtered():
 
 
 def test_official_schedule_splits_one_calm_cluster_per_round_up_to_max_components():
-    x = grid_blobs([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], n_per=100)[None]
+    x = grid_blobs([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], n_per=100)[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # every Gaussian is drawn each round, none is denser than psi: one uncounted split per round

@@ -90,11 +90,11 @@ def test_anchor_groups_align_each_unit_with_its_own_mixture():
     from dydis.dyga import DyGA
 
     torch.manual_seed(0)
-    features = torch.randn(3, 200, 8) + torch.arange(3.0)[:, None, None] * 5
-    fits = [DyGA("official", n_init=2, max_components=3, max_iter=5, random_state=u).fit(features[[u]])
+    features = torch.randn(200, 3, 8) + torch.arange(3.0)[:, None] * 5  # [points, units, dims]
+    fits = [DyGA("official", n_init=2, max_components=3, max_iter=5, random_state=u).fit(features[:, [u]])
             for u in range(3)]  # official mode aligns with a hard argmax: no Gumbel noise to line up
     anchors = training.Anchors([([2], fits[2]), ([0], fits[0]), ([1], fits[1])])
-    c = features[:, :16].transpose(0, 1).contiguous()
+    c = features[:16]
     expected = torch.cat([fits[u].align(c[:, [u]], lam=0.1) for u in range(3)], 1)
     torch.testing.assert_close(anchors.align(c, 0.1, 1e-4), expected)
     assert anchors.n_components == [int(f.n_components_[0]) for f in fits]

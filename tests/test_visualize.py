@@ -123,7 +123,7 @@ def test_units_plot_picks_the_unit_with_the_highest_nmi():
 
 def test_units_plot_marks_the_anchors_of_the_chosen_unit():
     units, factors = constructed_units(300)
-    features = torch.from_numpy(units[:, [2, 0]].transpose(1, 0, 2)).float().contiguous()  # (U, n, D)
+    features = torch.from_numpy(units[:, [2, 0]]).float()  # (n, U, D)
     dyga = DyGA(n_init=3, max_components=6, max_iter=30, random_state=0).fit(features)
     anchors = Anchors([([2, 0], dyga)])
     expected = dyga.anchors_[0][dyga.component_mask_[0]].numpy()

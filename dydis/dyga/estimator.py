@@ -1,8 +1,9 @@
 """``DyGA``: Dynamic Gaussian Anchoring as a scikit-learn-style estimator over many units.
 
-``fit(features)`` takes the raw feature-extractor outputs of the fitting set, ``[U, n, D]``
-(U latent units, n points, D = 32), and runs anchor selection (``anchors.py``) for all units
-at once; ``align(c)`` applies eq. (6) to a training batch ``[B, U, D]`` (``align.py``).
+``fit(features)`` takes the raw feature-extractor outputs of the fitting set, ``[n, U, D]``
+(n points, U latent units, D = 32: the extractor's own output layout), and runs anchor
+selection (``anchors.py``) for all units at once; ``align(c)`` applies eq. (6) to a
+training batch ``[B, U, D]`` in the same layout (``align.py``).
 
 Two modes, because the paper and the released code (youngjun-jun/dis-dis) disagree
 (DESIGN sections 6 and 9). Each difference is also its own parameter; ``None`` means "the
@@ -229,11 +230,17 @@ class DyGA(BaseEstimator):
     def _check_features(features, name: str) -> Tensor:
         x = torch.as_tensor(features)
         if x.dim() != 3:
-            raise DyGAInputError(f"{name} must be a [units, points, dims] tensor, got shape {tuple(x.shape)}")
+            raise DyGAInputError(f"{name} must be a [points, units, dims] tensor, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise DyGAInputError(f"{name} must be floating point, got {x.dtype}")
         if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
             raise DyGAInputError(f"{name} is empty: shape {tuple(x.shape)}")
+        if x.shape[1] > x.shape[0]:
+            # fewer points than units cannot be fitted usefully: almost surely [units, points, dims]
+            raise DyGAInputError(f"{name} must be [points, units, dims] (the layout of align and of the feature "
+                                 f"extractor's output), got shape {tuple(x.shape)} with more units ({x.shape[1]}) "
+                                 f"than points ({x.shape[0]}); transpose [units, points, dims] with "
+                                 f".transpose(0, 1)")
         if not bool(torch.isfinite(x).all()):
             raise DyGAInputError(f"{name} contains NaN or infinite values; drop or repair those points first")
         return x if x.dtype == torch.float64 else x.float()
@@ -250,8 +257,9 @@ class DyGA(BaseEstimator):
 
         Parameters
         ----------
-        features : [U, n, D] raw feature-extractor outputs (U units, n points, D dims), on
-            any device; fitting runs there.
+        features : [n, U, D] raw feature-extractor outputs (n points, U units, D dims; the
+            layout of ``align`` and of the extractor's output, with at least as many points
+            as units), on any device; fitting runs there.
         y : ignored (scikit-learn convention).
         units : the indices of these U units in a larger set (default 0 to U - 1). Each unit
             draws from the random stream of its index, so processes that fit disjoint groups
@@ -263,6 +271,7 @@ class DyGA(BaseEstimator):
         """
         settings = self._resolved()
         x = self._check_features(features, "features").detach()
+        x = x.transpose(0, 1).contiguous()  # [U, n, D]: anchor selection works unit by unit
         U, n, D = x.shape
         if units is not None and (len(units) != U or len(set(units)) != U or min(units) < 0):
             raise DyGAInputError(f"units must be {U} distinct indices >= 0, one per unit of features, got {units}")

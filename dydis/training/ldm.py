@@ -157,7 +157,7 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
         if my_units:
             dyga = DyGA(cfg.dyga.mode, n_init=cfg.dyga.n_init, max_components=cfg.dyga.max_components,
                         max_iter=cfg.dyga.max_iter, random_state=cfg.seed * 7919 + round_index)
-            dyga.fit(units[:, my_units].transpose(0, 1).contiguous(), units=my_units)  # each unit's own stream
+            dyga.fit(units[:, my_units], units=my_units)  # each unit's own stream
             groups.append((my_units, dyga))
         task.advance(1)
     if ctx.distributed:
