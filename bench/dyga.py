@@ -11,7 +11,8 @@ Prints three figures:
     code (youngjun-jun/dis-dis, ``DyGA.fit``) and the same settings, and the ratio;
 (c) the final log-likelihood per point of both fits of (b).
 
-Targets: (a) <= 30 s on a 2-core CPU; (b) >= 100x; (c) equal or better.
+Targets: (a) <= 30 s on a 2-core CPU; (b) >= 100x; (c) equal or better in official mode (paper
+mode merges Gaussians that share an attribute, so it ends with fewer and a lower likelihood).
 
 Usage: ``python bench/dyga.py`` (full, several minutes: the reference alone takes minutes),
 ``python bench/dyga.py --quick`` (scaled down), ``--threads 1`` (see the note printed at the
@@ -238,9 +239,12 @@ def main() -> None:
         print(f"(b) one unit of {ref_points:,} points: naive reference {ref_seconds:.1f} s, DyGA({mode!r}) "
               f"{seconds:.2f} s -> {ref_seconds / seconds:.0f}x faster (target >= 100x)")
     for mode, (seconds, fit) in ours.items():
+        # the reference runs the official algorithm; paper mode keeps one anchor per attribute
+        # (merge="valley"), so its likelihood is lower by design and has no target
+        target = "target: equal or better" if mode == "official" else "fewer anchors by design, no target"
         print(f"(c) final log-likelihood per point: reference {reference.log_likelihood_:.3f} "
               f"(K={len(reference.mixture['means'])}), DyGA({mode!r}) {fit.log_likelihood_.item():.3f} "
-              f"(K={fit.n_components_.item()}) (target: equal or better)")
+              f"(K={fit.n_components_.item()}) ({target})")
     print("note: on a shared machine, torch's intra-op threads wait for each other at every parallel "
           "region; if other processes occupy the cores, --threads 1 is often faster.")
 

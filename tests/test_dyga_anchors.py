@@ -248,3 +248,73 @@ def test_points_are_sorted_along_each_units_first_principal_direction():
         assert abs(float(along[-1] - along[0])) > 0.9
     constant = torch.ones(1, 10, 3)
     assert torch.equal(along_first_direction(constant), constant)
+
+
+# ----------------------------------------------------------------------------------------------
+# the anchor count follows the data (paper mode)
+
+
+def unit_like(attributes: list[int], n: int, dim: int = 32, noise: float = 0.03,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features like a trained extractor's units, [n, U, D], and each point's attribute [U, n].
+
+    Unit u holds ``attributes[u]`` well-separated attributes: a scalar taking one of that
+    many values spread over [-1, 1], plus noise, through a random 1-256-512-D ReLU MLP whose
+    last ReLU leaves many exact zeros (as bench/dyga.py's data and the released extractor).
+    """
+    g = torch.Generator().manual_seed(seed)
+    units, labels = [], []
+    for k in attributes:
+        label = torch.randint(0, k, (n,), generator=g)
+        s = torch.linspace(-1.0, 1.0, k)[label] + noise * torch.randn(n, generator=g)
+        w1, b1 = torch.randn(1, 256, generator=g) * 2 ** 0.5, 0.1 * torch.randn(256, generator=g)
+        w2 = torch.randn(256, 512, generator=g) * (2 / 256) ** 0.5
+        w3 = torch.randn(512, dim, generator=g) * (2 / 512) ** 0.5
+        units.append(torch.relu(torch.relu(torch.relu(s[:, None] @ w1 + b1) @ w2) @ w3))
+        labels.append(label)
+    return torch.stack(units, 1), torch.stack(labels)
+
+
+def purity(model: DyGA, x: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per unit: the share of points whose most responsible anchor's majority attribute is theirs."""
+    anchor = model.responsibilities(x).argmax(-1).T  # [U, n]
+    out = []
+    for a, y in zip(anchor, labels):
+        agree = sum(int(torch.bincount(y[a == k]).max()) for k in a.unique())
+        out.append(agree / len(y))
+    return out
+
+
+def test_paper_mode_ends_with_between_k_and_2k_plus_2_anchors_for_k_attributes():
+    # the released schedule (and Algorithm 2 without a merge) ended every unit at 25-32 anchors
+    attributes = [2, 3, 4, 6, 8]
+    x, labels = unit_like(attributes, 4000, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", random_state=0).fit(x)
+    for k, count in zip(attributes, model.n_components_.tolist()):
+        assert k <= count <= 2 * k + 2, (k, model.n_components_.tolist())
+    assert min(purity(model, x, labels)) >= 0.95
+
+
+def test_every_unit_of_a_batched_fit_keeps_its_attributes_apart():
+    # 8 units of 10 attributes each: before, a Gaussian left spanning two attributes (no
+    # random split reached it before the cap) gave 3 of these units purity 0.80-0.91
+    x, labels = unit_like([10] * 8, 5000, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", random_state=0).fit(x)
+    scores = purity(model, x, labels)
+    assert min(scores) >= 0.95, [round(p, 3) for p in scores]
+    assert all(10 <= k <= 22 for k in model.n_components_.tolist())
+
+
+def test_without_the_merge_random_splits_come_once_per_gaussian():
+    # Algorithm 2 alone (merge="none"): no cluster is denser than psi here, so only random
+    # splits add Gaussians, at most one per starting Gaussian: 2 to 4 starts give at most 8
+    x, _ = unit_like([2, 2], 2000, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", merge="none", n_init=4, random_split=1.0, random_state=0).fit(x)
+    assert model.n_merged_.tolist() == [0, 0]
+    assert model.n_splits_.tolist() == [4, 4] and model.n_components_.tolist() == [8, 8]

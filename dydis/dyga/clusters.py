@@ -53,6 +53,19 @@ class ComponentDensities:
             out[:, start:start + block] = torch.where(total.reciprocal_() > phi, arg, torch.full_like(arg, -1))
         return out
 
+    def mean_log_likelihood(self, mix: Mixture) -> Tensor:
+        """Mean log-likelihood per point of each unit under ``mix`` [U, K <= n_slots]: [U] float64."""
+        self._refresh(mix)
+        x = self.points.x
+        C, L, _ = x.shape
+        K = mix.n_slots
+        log_w = mix.weights.log().masked_fill(~mix.valid, float("-inf")).to(x.dtype).unsqueeze(-1)
+        total = torch.zeros(C, dtype=torch.float64, device=x.device)
+        block = max(1, block_elements(x.device) // max(1, C * K))
+        for start in range(0, L, block):
+            total += torch.logsumexp(self.values[:, :K, start:start + block] + log_w, 1).double().sum(1)
+        return total / L
+
     def _refresh(self, mix: Mixture) -> None:
         K = mix.n_slots
         todo = self.stale[:, :K] & mix.valid

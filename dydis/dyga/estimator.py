@@ -16,6 +16,7 @@ covariance         ``"hddc"`` (section 3.2.1)      ``"full"`` (+1e-6 I, Gaussian
 init_scale         ``"data"`` (see below)          ``"identity"`` (start with I)
 child_init         ``"spread"`` (k-means++ pair)   ``"random"`` (uniform random pair)
 split_rule         ``"paper"``                     ``"official"`` (random splits up to 32)
+merge              ``"valley"`` (see below)        ``"none"``
 child_weights      ``"parent"`` (share parent's)   ``"half"`` (halved, renormalised)
 align_stats        ``"fit"`` (stored min-max)      ``"batch"`` (the batch's min-max)
 hard               ``False`` (Gumbel-softmax)      ``True`` (argmax, ``predict0``)
@@ -28,6 +29,18 @@ fitting (the released code's ``(x - max) / (max - min + 1e-6)``, one max and min
 over all its points and dimensions), so ``psi = 0.5`` means the same in both; ``paper``
 stores those statistics and reuses them at alignment. Both modes use the robust EM of
 ``hddc.py`` (variance floor, empty components re-seeded, correct split bookkeeping).
+
+The anchor count. Algorithm 2 splits a Gaussian whose cluster is denser than psi and others
+at random; the paper gives no rule that ends the random splits or joins Gaussians sharing
+one attribute, and with the released schedule every unit climbs to ``max_components``
+whatever its data. ``merge="valley"`` (``modes.py``; our addition, paper mode's default
+because without it the count follows the random draws rather than the data) keeps a random
+split only when its two children are two modes of the data, draws each Gaussian for a
+random split at most once, and merges neighbouring Gaussians that are one mode and not
+denser than psi together. A unit whose features hold k well-separated attributes then ends
+with k to 2k + 2 anchors (tested for k = 2 to 8), and a continuous attribute keeps about one
+anchor per psi of its extent. ``merge="none"`` is Algorithm 2 alone; its random splits still
+come at most once per Gaussian of the initial EM or of a dense split.
 
 Degenerate units degrade gracefully rather than raise: a unit whose features are constant
 fits Gaussians that all sit on that point (variance = the floor); a unit with fewer points
@@ -60,15 +73,15 @@ STATE_FORMAT = 1
 SCALE_EPS = 1e-6
 
 MODES: dict[str, dict[str, Any]] = {
-    "paper": dict(covariance="hddc", init_scale="data", child_init="spread", split_rule="paper",
+    "paper": dict(covariance="hddc", init_scale="data", child_init="spread", split_rule="paper", merge="valley",
                   child_weights="parent", align_stats="fit", hard=False, delta_scope="sample", anchor_space="raw"),
     "official": dict(covariance="full", init_scale="identity", child_init="random", split_rule="official",
-                     child_weights="half", align_stats="batch", hard=True, delta_scope="batch",
+                     merge="none", child_weights="half", align_stats="batch", hard=True, delta_scope="batch",
                      anchor_space="normalized"),
 }
 
 CHOICES = dict(covariance=("hddc", "full"), init_scale=("data", "identity"), child_init=("spread", "random"),
-               split_rule=("paper", "official"), child_weights=("parent", "half"),
+               split_rule=("paper", "official"), merge=("valley", "none"), child_weights=("parent", "half"),
                align_stats=("fit", "batch"), hard=(False, True), delta_scope=("sample", "batch"),
                anchor_space=("raw", "normalized"))
 
@@ -98,6 +111,8 @@ class DyGA(BaseEstimator):
         split's children and the final fit.
     tol : EM stops early once the mean log-likelihood per point changes by less than this.
     covariance, split_rule, child_weights : see the table in the module docstring.
+    merge : ``"valley"`` (paper mode) or ``"none"`` (official): see "The anchor count" in
+        the module docstring.
     init_scale : covariance of the starting Gaussians (initial ones and split children):
         ``"identity"`` is the released code's I; ``"data"`` an isotropic variance matched to
         the points' distance to their nearest starting mean (the paper does not say).
@@ -107,7 +122,8 @@ class DyGA(BaseEstimator):
     phi : responsibility above which a point belongs to a Gaussian's cluster (>= 0.5, so
         clusters are disjoint).
     psi : cluster density (eq. 5, in the [-1, 0]-scaled space) above which a Gaussian splits.
-    random_split : probability that any other Gaussian with a cluster splits in a round.
+    random_split : probability that any other Gaussian with a cluster splits in a round
+        (paper rule: among those not split at random before).
     min_cluster_size : Gaussians with a smaller soft count are removed before the final EM.
     reg_covar : variance floor added to every covariance eigenvalue (the authors' 1e-6).
     dim_threshold : Cattell scree-test threshold for HDDC's d_k (0.2, Bouveyron et al. 2007).
@@ -145,7 +161,8 @@ class DyGA(BaseEstimator):
     center_ : [U, D] the scaled data's mean (an internal shift kept for accuracy).
     log_likelihood_ : [U] mean log-likelihood per point of the final mixture (scaled space).
     n_iter_, converged_ : [U] iterations and convergence of the final EM.
-    n_splits_, n_filtered_, n_split_rounds_ : splits and removals per unit, split rounds.
+    n_splits_, n_merged_, n_filtered_ : [U] splits kept, merges and removals per unit.
+    n_split_rounds_ : split rounds.
     settings_ : the resolved mode options.
     """
 
@@ -154,7 +171,7 @@ class DyGA(BaseEstimator):
                  child_init: str | None = None, phi: float = 0.5, psi: float = 0.5,
                  random_split: float = 0.5, min_cluster_size: float = 10, reg_covar: float = 1e-6,
                  dim_threshold: float = 0.2, n_dims: int | None = None, split_rule: str | None = None,
-                 child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
+                 merge: str | None = None, child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
                  hard: bool | None = None, delta_scope: str | None = None, anchor_space: str | None = None,
                  gumbel_logits: str = "log", means_init: Tensor | None = None, random_state: int | None = 0,
                  n_jobs: int | None = None):
@@ -174,6 +191,7 @@ class DyGA(BaseEstimator):
         self.dim_threshold = dim_threshold
         self.n_dims = n_dims
         self.split_rule = split_rule
+        self.merge = merge
         self.child_weights = child_weights
         self.normalize = normalize
         self.align_stats = align_stats
@@ -300,7 +318,7 @@ class DyGA(BaseEstimator):
         mix, report = select_anchors_in_groups(
             z - center[:, None], em, n_jobs=n_jobs, streams=streams, n_init=self.n_init,
             max_components=self.max_components, phi=self.phi, psi=self.psi, random_split=self.random_split,
-            min_cluster_size=self.min_cluster_size, split_rule=settings["split_rule"],
+            min_cluster_size=self.min_cluster_size, split_rule=settings["split_rule"], merge=settings["merge"],
             child_weights=settings["child_weights"], child_init=settings["child_init"], init_means=init)
         self.settings_ = settings
         self._set_fitted(
@@ -316,13 +334,14 @@ class DyGA(BaseEstimator):
             norm_max_=hi,
             norm_scale_=scale,
             center_=center,
-            log_likelihood_=report.final.history[-1],
+            log_likelihood_=report.log_likelihood,
             n_iter_=report.final.n_iter,
             converged_=report.final.converged,
             n_splits_=report.n_splits,
             n_filtered_=report.n_filtered,
         )
         self.n_split_rounds_ = report.n_rounds
+        self.n_merged_ = report.n_merged
         if not bool(report.final.converged.all()):
             bad = int((~report.final.converged).sum())
             warnings.warn(f"DyGA: the final EM of {bad} of {U} units did not reach tol={self.tol} in "
@@ -433,7 +452,7 @@ class DyGA(BaseEstimator):
         """Parameters and fitted state as plain Python values and CPU tensors (``torch.save``-able)."""
         self._check_is_fitted()
         state: dict[str, Any] = {"format": STATE_FORMAT, "params": self.get_params(), "settings": dict(self.settings_),
-                                 "n_split_rounds": self.n_split_rounds_}
+                                 "n_split_rounds": self.n_split_rounds_, "n_merged": self.n_merged_.detach().cpu()}
         state.update({name: getattr(self, name).detach().cpu() for name in _FITTED})
         return state
 
@@ -448,6 +467,7 @@ class DyGA(BaseEstimator):
         self.set_params(**state["params"])
         self.settings_ = dict(state["settings"])
         self.n_split_rounds_ = int(state.get("n_split_rounds", 0))
+        self.n_merged_ = torch.as_tensor(state.get("n_merged", torch.zeros_like(torch.as_tensor(state["n_splits_"]))))
         self._set_fitted(**{name: torch.as_tensor(state[name]) for name in _FITTED})
         return self
 
