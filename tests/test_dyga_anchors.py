@@ -37,6 +37,9 @@ def test_cluster_density_is_eq5():
     assert sizes.tolist() == [[3, 1]]
     assert density[0, 0].item() == pytest.approx(want.item())
     assert density[0, 1].item() == 0.0
+    # no points at all (merging reads only the points of the pairs it tests): empty clusters
+    density, sizes = cluster_density(torch.zeros(1, 0, 2, dtype=F64), torch.zeros(1, 0, dtype=torch.long), 2)
+    assert sizes.tolist() == [[0, 0]] and bool(density.isnan().all())
 
 
 

@@ -108,8 +108,8 @@ def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, T
     for piece in pieces:
         sums.index_add_(0, bins[piece], flat_x[piece].double())
     centre = (sums / sizes.view(-1, 1).clamp(min=1)).to(x.dtype)
-    dist = torch.cat([torch.linalg.vector_norm(flat_x[piece] - centre.index_select(0, bins[piece]), dim=-1)
-                      for piece in pieces])
+    dist = torch.cat([flat_x.new_zeros(0)] + [
+        torch.linalg.vector_norm(flat_x[piece] - centre.index_select(0, bins[piece]), dim=-1) for piece in pieces])
     total = torch.zeros(U * (n_slots + 1), dtype=torch.float64, device=x.device).index_add_(0, bins, dist.double())
     total = total.view(U, n_slots + 1)
     density = (total / sizes)[:, 1:]  # 0/0 = NaN: an empty cluster is never "dense"
