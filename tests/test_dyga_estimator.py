@@ -160,6 +160,17 @@ def test_state_dict_round_trips_through_torch_save(fitted):
         DyGA().load_state_dict({"format": 99})
 
 
+def test_a_format_1_state_keeps_the_gradient_through_delta_it_was_trained_with(fitted):
+    state = fitted.state_dict()
+    state["format"] = 1
+    state["settings"] = {k: v for k, v in state["settings"].items() if k not in ("merge", "delta_grad")}
+    del state["n_merged"]
+    restored = DyGA().load_state_dict(state)
+    assert restored.settings_["delta_grad"] == "full" and restored.settings_["merge"] == "none"
+    assert restored.n_merged_.tolist() == [0, 0, 0]
+    assert fitted.state_dict()["format"] == 2 and fitted.settings_["delta_grad"] == "detach"
+
+
 def test_official_mode_and_single_switches():
     x = units(U=2, n=200)
     with warnings.catch_warnings():
@@ -168,7 +179,8 @@ def test_official_mode_and_single_switches():
         mixed = DyGA("official", max_components=6, covariance="hddc", hard=False).fit(x)
     assert official.settings_ == dict(covariance="full", init_scale="identity", child_init="random",
                                       split_rule="official", merge="none", child_weights="half", align_stats="batch", hard=True,
-                                      delta_scope="batch", anchor_space="normalized", gumbel_logits="log")
+                                      delta_scope="batch", anchor_space="normalized", delta_grad="full",
+                                      gumbel_logits="log")
     assert (official.noise_variances_ == 0).all() and (official.intrinsic_dims_[official.component_mask_] == 4).all()
     assert mixed.settings_["covariance"] == "hddc" and mixed.settings_["split_rule"] == "official"
     assert (mixed.noise_variances_[mixed.component_mask_] > 0).all()

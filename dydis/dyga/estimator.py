@@ -22,6 +22,7 @@ align_stats        ``"fit"`` (stored min-max)      ``"batch"`` (the batch's min-
 hard               ``False`` (Gumbel-softmax)      ``True`` (argmax, ``predict0``)
 delta_scope        ``"sample"`` (eq. 6)            ``"batch"`` (one scalar per batch)
 anchor_space       ``"raw"`` (anchor mapped back)  ``"normalized"`` (mixed into raw c)
+delta_grad         ``"detach"`` (a coefficient)    ``"full"`` (gradient through delta)
 =================  =============================  ======================================
 
 Both modes min-max scale each unit to [-1, 0] with the fitting set's statistics before
@@ -51,7 +52,7 @@ Gaussian per unit. Empty input, NaN or infinite features raise ``DyGAInputError`
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from einops import einsum, rearrange
@@ -66,28 +67,39 @@ from dydis.dyga.hddc import RESP_EPS, Mixture, Points, density_terms, log_densit
 from dydis.dyga.parallel import default_n_jobs, select_anchors_in_groups
 from dydis.dyga.streams import UnitStreams
 
-#: Format of ``DyGA.state_dict()``; bump when its keys or meanings change.
-STATE_FORMAT = 1
+#: Format of ``DyGA.state_dict()``; bump when its keys or meanings change. Format 1 predates
+#: the ``merge`` and ``delta_grad`` settings: its fits had no merge, and its alignment
+#: differentiated through delta.
+STATE_FORMAT = 2
+FORMAT_1_SETTINGS = {"merge": "none", "delta_grad": "full"}
 
 #: The released code's guard in (x - max) / (max - min + eps).
 SCALE_EPS = 1e-6
 
 MODES: dict[str, dict[str, Any]] = {
     "paper": dict(covariance="hddc", init_scale="data", child_init="spread", split_rule="paper", merge="valley",
-                  child_weights="parent", align_stats="fit", hard=False, delta_scope="sample", anchor_space="raw"),
+                  child_weights="parent", align_stats="fit", hard=False, delta_scope="sample", anchor_space="raw",
+                  delta_grad="detach"),
     "official": dict(covariance="full", init_scale="identity", child_init="random", split_rule="official",
                      merge="none", child_weights="half", align_stats="batch", hard=True, delta_scope="batch",
-                     anchor_space="normalized"),
+                     anchor_space="normalized", delta_grad="full"),
 }
 
 CHOICES = dict(covariance=("hddc", "full"), init_scale=("data", "identity"), child_init=("spread", "random"),
                split_rule=("paper", "official"), merge=("valley", "none"), child_weights=("parent", "half"),
                align_stats=("fit", "batch"), hard=(False, True), delta_scope=("sample", "batch"),
-               anchor_space=("raw", "normalized"))
+               anchor_space=("raw", "normalized"), delta_grad=("detach", "full"))
 
 _FITTED = ("means_", "weights_", "component_mask_", "n_components_", "basis_", "scales_", "noise_variances_",
            "intrinsic_dims_", "log_dets_", "norm_max_", "norm_scale_", "center_", "log_likelihood_", "n_iter_",
            "converged_", "n_splits_", "n_filtered_")
+
+
+class Alignment(NamedTuple):
+    """What ``DyGA.alignment`` returns."""
+
+    features: Tensor  # [B, U, D] aligned features c~
+    delta: Tensor  # [B, U, 1] the multiplier of eq. (6) of every (sample, unit) pair
 
 
 class DyGAParameterError(ConfigError, ValueError):
@@ -130,6 +142,9 @@ class DyGA(BaseEstimator):
     n_dims : fixed HDDC intrinsic dimension instead of the scree test.
     normalize : min-max scale each unit to [-1, 0] before fitting (both modes do).
     align_stats, hard, delta_scope, anchor_space : alignment options (module docstring).
+    delta_grad : ``"detach"``: eq. (6)'s delta is a coefficient without gradient (paper mode;
+        its 1/c would let a ReLU extractor's tiny features blow up the gradient, ``align.py``);
+        ``"full"``: gradients flow through delta too (official mode, as the released code).
     gumbel_logits : ``"log"`` (sample the posterior) or ``"prob"`` (Algorithm 3 literally);
         see ``align.choose_anchor_weights``.
     means_init : optional [U, K0, D] starting means in raw feature space, instead of
@@ -173,6 +188,7 @@ class DyGA(BaseEstimator):
                  dim_threshold: float = 0.2, n_dims: int | None = None, split_rule: str | None = None,
                  merge: str | None = None, child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
                  hard: bool | None = None, delta_scope: str | None = None, anchor_space: str | None = None,
+                 delta_grad: str | None = None,
                  gumbel_logits: str = "log", means_init: Tensor | None = None, random_state: int | None = 0,
                  n_jobs: int | None = None):
         self.mode = mode
@@ -197,6 +213,7 @@ class DyGA(BaseEstimator):
         self.align_stats = align_stats
         self.hard = hard
         self.delta_scope = delta_scope
+        self.delta_grad = delta_grad
         self.anchor_space = anchor_space
         self.gumbel_logits = gumbel_logits
         self.means_init = means_init
@@ -415,8 +432,13 @@ class DyGA(BaseEstimator):
         return self.responsibilities(c).argmax(-1)
 
     def align(self, c: Tensor, lam: float = 0.1, tau: float = 1e-4, hard: bool | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
-        """Feature alignment, eq. (6) with Algorithm 3's anchor choice.
+              generator: torch.Generator | None = None, delta_grad: str | None = None) -> Tensor:
+        """Feature alignment, eq. (6) with Algorithm 3's anchor choice: ``alignment(...).features``."""
+        return self.alignment(c, lam, tau, hard, generator, delta_grad).features
+
+    def alignment(self, c: Tensor, lam: float = 0.1, tau: float = 1e-4, hard: bool | None = None,
+                  generator: torch.Generator | None = None, delta_grad: str | None = None) -> Alignment:
+        """Feature alignment, eq. (6) with Algorithm 3's anchor choice, and the delta it used.
 
         Parameters
         ----------
@@ -426,11 +448,15 @@ class DyGA(BaseEstimator):
         hard : argmax instead of Gumbel-softmax; ``None`` takes the fitted setting (``hard``
             parameter, else the mode's: ``paper`` Gumbel, ``official`` argmax).
         generator : source of the Gumbel noise (torch's default generator when ``None``).
+        delta_grad : ``"detach"`` or ``"full"`` (``align.py``); ``None`` takes the fitted setting.
 
         Returns
         -------
-        [B, U, D] aligned features, in ``c``'s dtype.
+        ``Alignment``: the aligned features [B, U, D] in ``c``'s dtype and delta [B, U, 1]
+        (the released code's one scalar per batch is expanded to every pair).
         """
+        if delta_grad not in (None, *CHOICES["delta_grad"]):
+            raise DyGAParameterError(f"delta_grad must be one of {CHOICES['delta_grad']} or None, got {delta_grad!r}")
         c = self._check_batch(c)
         s = self.settings_
         work = c if c.dtype == torch.float64 else c.float()  # distances and softmax in float32 at least
@@ -442,8 +468,9 @@ class DyGA(BaseEstimator):
         mu = einsum(pick, self.means_.to(work), "b u k, u k d -> b u d")
         if s["anchor_space"] == "raw":  # back to the features' own scale (paper)
             mu = mu * scale[:, None] + hi[:, None]
-        delta = alignment_delta(work, mu, lam, scope=s["delta_scope"])
-        return align_features(work, mu, delta).to(c.dtype)
+        delta = alignment_delta(work, mu, lam, scope=s["delta_scope"],
+                                grad=s["delta_grad"] if delta_grad is None else delta_grad)
+        return Alignment(align_features(work, mu, delta).to(c.dtype), delta.expand(*c.shape[:2], 1))
 
     # ------------------------------------------------------------------------------------------
     # persistence
@@ -458,14 +485,14 @@ class DyGA(BaseEstimator):
 
     def load_state_dict(self, state: dict[str, Any]) -> "DyGA":
         """Restore a fitted model from ``state_dict()``; returns self."""
-        if state.get("format") != STATE_FORMAT:
-            raise DyGAInputError(f"unknown DyGA state format {state.get('format')!r} (this version reads "
+        if state.get("format") not in (1, STATE_FORMAT):
+            raise DyGAInputError(f"unknown DyGA state format {state.get('format')!r} (this version reads 1 to "
                                  f"{STATE_FORMAT})")
         missing = [name for name in _FITTED if name not in state]
         if missing:
             raise DyGAInputError(f"DyGA state lacks {', '.join(missing)}")
         self.set_params(**state["params"])
-        self.settings_ = dict(state["settings"])
+        self.settings_ = {**(FORMAT_1_SETTINGS if state["format"] == 1 else {}), **state["settings"]}
         self.n_split_rounds_ = int(state.get("n_split_rounds", 0))
         self.n_merged_ = torch.as_tensor(state.get("n_merged", torch.zeros_like(torch.as_tensor(state["n_splits_"]))))
         self._set_fitted(**{name: torch.as_tensor(state[name]) for name in _FITTED})
