@@ -121,20 +121,35 @@ def _class_ticks(classes: int) -> np.ndarray:
 
 
 def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
-    """The loss of every run against the epoch, and for each run with DyGA rounds a map of the
-    anchors per unit (units down, rounds across, the count written in each cell)."""
+    """First row: the loss of every run against the epoch, the feature extractor's gradient
+    norm, eq. (6)'s mean delta and the share of (sample, unit) pairs with delta < 1e-3 (runs
+    that aligned). Second row, for each run with DyGA rounds: a map of the anchors per unit
+    (units down, rounds across, the count written in each cell)."""
     with_rounds = [run for run in runs if len(run.anchors)]
-    fig, axes = plt.subplots(1, 1 + len(with_rounds), figsize=(4.2 * (1 + len(with_rounds)), 3.4), squeeze=False)
-    loss_ax = axes[0, 0]
-    for run in runs:
-        loss_ax.plot(run.epochs, run.loss, lw=1.2, label=run.label)
-    loss_ax.set_xlabel("epoch", fontsize=8)
-    loss_ax.set_ylabel("training loss", fontsize=8)
-    loss_ax.set_title("loss", fontsize=9)
-    loss_ax.tick_params(labelsize=7)
-    loss_ax.legend(fontsize=6)
-    for ax, run in zip(axes[0, 1:], with_rounds):
-        _anchor_map(ax, run)
+    columns = max(4, len(with_rounds))
+    n_rows = 2 if with_rounds else 1
+    fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns, 3.4 * n_rows), squeeze=False)
+    panels = [("loss", "training loss", False), ("grad_norm", "extractor gradient norm", True),
+              ("delta_mean", "mean delta (eq. 6)", False), ("delta_small", "share of delta < 1e-3", False)]
+    for ax, (field, name, log_scale) in zip(axes[0], panels):
+        for run in runs:
+            values = getattr(run, field)
+            if np.isfinite(values).any():
+                ax.plot(run.epochs, values, lw=1.2, label=run.label)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+        if log_scale and ax.lines:
+            ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=6)
+    for ax in axes[0, len(panels):]:
+        ax.set_visible(False)
+    if with_rounds:
+        for ax, run in zip(axes[1], with_rounds):
+            _anchor_map(ax, run)
+        for ax in axes[1, len(with_rounds):]:
+            ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI + 10)
