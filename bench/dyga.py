@@ -11,7 +11,8 @@ Prints three figures:
     code (youngjun-jun/dis-dis, ``DyGA.fit``) and the same settings, and the ratio;
 (c) the final log-likelihood per point of both fits of (b).
 
-Targets: (a) <= 30 s on a 2-core CPU; (b) >= 100x; (c) equal or better.
+Targets: (a) <= 30 s on a 2-core CPU; (b) >= 100x; (c) equal or better in official mode (paper
+mode merges Gaussians that share an attribute, so it ends with fewer and a lower likelihood).
 
 Usage: ``python bench/dyga.py`` (full, several minutes: the reference alone takes minutes),
 ``python bench/dyga.py --quick`` (scaled down), ``--threads 1`` (see the note printed at the
@@ -34,9 +35,9 @@ from dydis.dyga import DyGA
 
 def latent_units(n_units: int, n_points: int, dim: int = 32, n_values: int = 10, noise: float = 0.03,
                  seed: int = 0) -> torch.Tensor:
-    """[U, n, D] features like a trained extractor's: per unit, a scalar with ``n_values``
-    attribute values (plus noise) through a random 1-256-512-D ReLU MLP (final ReLU included,
-    as in the released feature extractor)."""
+    """[n, U, D] features like a trained extractor's output: per unit, a scalar with
+    ``n_values`` attribute values (plus noise) through a random 1-256-512-D ReLU MLP (final
+    ReLU included, as in the released feature extractor)."""
     g = torch.Generator().manual_seed(seed)
     values = torch.linspace(-1.0, 1.0, n_values)
     out = []
@@ -47,7 +48,7 @@ def latent_units(n_units: int, n_points: int, dim: int = 32, n_values: int = 10,
         w2 = torch.randn(256, 512, generator=g) * (2 / 256) ** 0.5
         w3 = torch.randn(512, dim, generator=g) * (2 / 512) ** 0.5
         out.append(torch.relu(torch.relu(torch.relu(s[:, None] @ w1 + b1) @ w2) @ w3))
-    return torch.stack(out)
+    return torch.stack(out, 1)
 
 
 def scaled(x: torch.Tensor) -> torch.Tensor:
@@ -232,15 +233,18 @@ def main() -> None:
             print(f"(c) final log-likelihood per point, DyGA({mode!r}): {fit.log_likelihood_.item():.3f}")
         return
     start = time.perf_counter()
-    reference = NaiveDyGA().fit(scaled(one[0]))
+    reference = NaiveDyGA().fit(scaled(one[:, 0]))
     ref_seconds = time.perf_counter() - start
     for mode, (seconds, fit) in ours.items():
         print(f"(b) one unit of {ref_points:,} points: naive reference {ref_seconds:.1f} s, DyGA({mode!r}) "
               f"{seconds:.2f} s -> {ref_seconds / seconds:.0f}x faster (target >= 100x)")
     for mode, (seconds, fit) in ours.items():
+        # the reference runs the official algorithm; paper mode keeps one anchor per attribute
+        # (merge="valley"), so its likelihood is lower by design and has no target
+        target = "target: equal or better" if mode == "official" else "fewer anchors by design, no target"
         print(f"(c) final log-likelihood per point: reference {reference.log_likelihood_:.3f} "
               f"(K={len(reference.mixture['means'])}), DyGA({mode!r}) {fit.log_likelihood_.item():.3f} "
-              f"(K={fit.n_components_.item()}) (target: equal or better)")
+              f"(K={fit.n_components_.item()}) ({target})")
     print("note: on a shared machine, torch's intra-op threads wait for each other at every parallel "
           "region; if other processes occupy the cores, --threads 1 is often faster.")
 

@@ -308,6 +308,10 @@ class DyGARunConfig:
     subsample: int = 100_000  # seeded training rows whose features each round fits (all rows if fewer)
     lam: float = 0.1  # lambda of eq. (6)
     tau: float = 1e-4  # Gumbel-softmax temperature of Algorithm 3
+    # gradient through eq. (6)'s delta: "detach" (a coefficient; bounded on a ReLU extractor's
+    # tiny features) or "full" (through its 1/c, as the released code); None: the mode's
+    # (paper: detach, official: full). See dydis/dyga/align.py.
+    delta_grad: Literal["detach", "full"] | None = None
     n_init: int = 8
     max_components: int = 32
     max_iter: int = 30

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from dydis.dyga import DyGA
-from dydis.dyga.align import alignment_delta, choose_anchor_weights, gumbel_softmax
+from dydis.dyga.align import DeltaStats, alignment_delta, choose_anchor_weights, gumbel_softmax
 
 F64 = torch.float64
 
@@ -30,7 +33,7 @@ def fitted() -> dict[str, DyGA]:
     one blob, 30 EM iterations may not pull the two (nearly equal) Gaussians apart."""
     x = two_blob_units()
     start = CENTRES + 0.2
-    return {mode: DyGA(mode, max_components=2, random_split=0.0, means_init=start).fit(x)
+    return {mode: DyGA(mode, max_components=2, random_split=0.0, means_init=start).fit(x.transpose(0, 1))
             for mode in ("paper", "official")}
 
 
@@ -88,7 +91,19 @@ def test_alignment_passes_gradients_to_the_features(fitted):
         assert c.grad is not None and torch.isfinite(c.grad).all() and c.grad.abs().sum() > 0, mode
     # the hard-assignment path is differentiable where the argmax does not change: check exactly
     model = fitted["paper"]
-    assert torch.autograd.gradcheck(lambda c: model.align(c, hard=True), (batch().requires_grad_(),))
+    assert torch.autograd.gradcheck(lambda c: model.align(c, hard=True, delta_grad="full"),
+                                    (batch().requires_grad_(),))
+
+
+def test_a_detached_delta_is_a_coefficient(fitted):
+    # paper mode's default: with the anchor fixed (argmax), d c~ / d c = (1 - delta) I exactly
+    model = fitted["paper"]
+    c = batch()
+    delta = model.alignment(c, hard=True).delta  # [B, U, 1]
+    jacobian = torch.autograd.functional.jacobian(lambda c: model.align(c, hard=True), c)  # [B, U, D, B, U, D]
+    want = torch.diag_embed((1 - delta).expand_as(c).flatten())
+    torch.testing.assert_close(jacobian.reshape(c.numel(), c.numel()), want)
+    assert model.settings_["delta_grad"] == "detach" and fitted["official"].settings_["delta_grad"] == "full"
 
 
 def test_relu_zeros_give_a_vanishing_but_finite_delta(fitted):
@@ -130,3 +145,54 @@ def test_probability_logits_make_the_choice_nearly_uniform():
     assert as_log[:, 0].mean() > 0.999
     expected = torch.e / (torch.e + 1)  # softmax of (1, 0)
     assert abs(as_prob[:, 0].mean().item() - expected) < 0.03
+
+
+def test_alignment_keeps_the_extractors_gradient_bounded_on_relu_features():
+    # A ReLU layer whose units sit near 1 in most coordinates and at the ReLU's kink in four:
+    # exact zeros and tiny values, like a ReLU extractor's. Eq. 6's delta divides by c, so its
+    # gradient grows like mu / c^2 there.
+    U, D, H, B = 4, 32, 8, 128
+    g = torch.Generator().manual_seed(0)
+    scale = torch.full((U, D), 0.3)
+    scale[:, :4] = 0.005
+    weight = (torch.randn(H, U * D, generator=g) * scale.flatten() / H ** 0.5).requires_grad_()
+    bias = torch.ones(U, D)
+    bias[:, :4] = 0.0
+    bias = bias.flatten().requires_grad_()
+
+    def layer(z):
+        return torch.relu(z @ weight + bias).view(-1, U, D)
+
+    with torch.no_grad():
+        features = layer(torch.randn(2000, H, generator=g))
+    assert 0.02 < float((features == 0).float().mean()) < 0.2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = DyGA("paper", random_state=0).fit(features)
+
+    def gradient_norm(z, upstream, **align):
+        weight.grad = bias.grad = None
+        c = layer(z)
+        out = model.align(c, generator=torch.Generator().manual_seed(0), **align) if align else c
+        (out * upstream).sum().backward()
+        return float(torch.cat([weight.grad.flatten(), bias.grad.flatten()]).norm())
+
+    bounded, through_delta = [], []
+    for _ in range(4):
+        z, upstream = torch.randn(B, H, generator=g), torch.randn(B, U, D, generator=g)
+        plain = gradient_norm(z, upstream)
+        bounded.append(gradient_norm(z, upstream, lam=0.1) / plain)  # the default: delta detached
+        through_delta.append(gradient_norm(z, upstream, lam=0.1, delta_grad="full") / plain)
+    assert max(bounded) <= 2.0, bounded
+    assert sum(through_delta) / len(through_delta) > 2.0, through_delta
+
+
+def test_delta_statistics_average_over_pairs_and_start_afresh_when_read():
+    stats = DeltaStats()
+    assert stats.read() == {}
+    stats.add(torch.tensor([[[0.1], [0.0]], [[0.05], [1e-4]]]))  # [B=2, U=2, 1]
+    stats.add(torch.full((1, 2, 1), 0.02, requires_grad=True))
+    got = stats.read()
+    assert got["delta_mean"] == pytest.approx((0.1 + 0.05 + 1e-4 + 0.04) / 6)
+    assert got["delta_below_1e-3"] == pytest.approx(2 / 6)
+    assert stats.read() == {}

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from dydis.dyga import DyGA
-from dydis.dyga.anchors import (ComponentDensities, EMSettings, SplitBatch, along_first_direction, choose_splits,
-                                cluster_density, drop_small, merge_children, split_batch)
+from dydis.dyga.anchors import (EMSettings, SplitBatch, along_first_direction, choose_splits, drop_small,
+                                merge_children, split_batch)
+from dydis.dyga.clusters import ComponentDensities, cluster_density
 from dydis.dyga.hddc import Points, e_step, isotropic
 from dydis.dyga.streams import UnitStreams
 
@@ -36,6 +37,9 @@ def test_cluster_density_is_eq5():
     assert sizes.tolist() == [[3, 1]]
     assert density[0, 0].item() == pytest.approx(want.item())
     assert density[0, 1].item() == 0.0
+    # no points at all (merging reads only the points of the pairs it tests): empty clusters
+    density, sizes = cluster_density(torch.zeros(1, 0, 2, dtype=F64), torch.zeros(1, 0, dtype=torch.long), 2)
+    assert sizes.tolist() == [[0, 0]] and bool(density.isnan().all())
 
 
 
@@ -205,7 +209,7 @@ def test_bimodal_clusters_split_in_one_round_and_a_tiny_cluster_is_filtered():
     # three groups of two blobs plus a 3-point cluster; one starting Gaussian per group and
     # one on the tiny cluster. Groups are denser than psi, single blobs are not.
     centres = [[x, y] for x in (0.0, 10.0, 20.0) for y in (-1.0, 1.0)]
-    x = torch.cat([grid_blobs(centres), grid_blobs([[10.0, 6.0]], n_per=3, std=0.01)])[None]
+    x = torch.cat([grid_blobs(centres), grid_blobs([[10.0, 6.0]], n_per=3, std=0.01)])[:, None]
     init = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [20.0, 0.0], [10.0, 6.0]]], dtype=F64)
     model = DyGA(n_init=4, max_components=8, psi=0.02, random_split=0.0, means_init=init).fit(x)
     assert model.n_split_rounds_ == 1
@@ -220,7 +224,7 @@ def test_bimodal_clusters_split_in_one_round_and_a_tiny_cluster_is_filtered():
 
 
 def test_official_schedule_splits_one_calm_cluster_per_round_up_to_max_components():
-    x = grid_blobs([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], n_per=100)[None]
+    x = grid_blobs([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]], n_per=100)[:, None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # every Gaussian is drawn each round, none is denser than psi: one uncounted split per round
@@ -247,3 +251,73 @@ def test_points_are_sorted_along_each_units_first_principal_direction():
         assert abs(float(along[-1] - along[0])) > 0.9
     constant = torch.ones(1, 10, 3)
     assert torch.equal(along_first_direction(constant), constant)
+
+
+# ----------------------------------------------------------------------------------------------
+# the anchor count follows the data (paper mode)
+
+
+def unit_like(attributes: list[int], n: int, dim: int = 32, noise: float = 0.03,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features like a trained extractor's units, [n, U, D], and each point's attribute [U, n].
+
+    Unit u holds ``attributes[u]`` well-separated attributes: a scalar taking one of that
+    many values spread over [-1, 1], plus noise, through a random 1-256-512-D ReLU MLP whose
+    last ReLU leaves many exact zeros (as bench/dyga.py's data and the released extractor).
+    """
+    g = torch.Generator().manual_seed(seed)
+    units, labels = [], []
+    for k in attributes:
+        label = torch.randint(0, k, (n,), generator=g)
+        s = torch.linspace(-1.0, 1.0, k)[label] + noise * torch.randn(n, generator=g)
+        w1, b1 = torch.randn(1, 256, generator=g) * 2 ** 0.5, 0.1 * torch.randn(256, generator=g)
+        w2 = torch.randn(256, 512, generator=g) * (2 / 256) ** 0.5
+        w3 = torch.randn(512, dim, generator=g) * (2 / 512) ** 0.5
+        units.append(torch.relu(torch.relu(torch.relu(s[:, None] @ w1 + b1) @ w2) @ w3))
+        labels.append(label)
+    return torch.stack(units, 1), torch.stack(labels)
+
+
+def purity(model: DyGA, x: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per unit: the share of points whose most responsible anchor's majority attribute is theirs."""
+    anchor = model.responsibilities(x).argmax(-1).T  # [U, n]
+    out = []
+    for a, y in zip(anchor, labels):
+        agree = sum(int(torch.bincount(y[a == k]).max()) for k in a.unique())
+        out.append(agree / len(y))
+    return out
+
+
+def test_paper_mode_ends_with_between_k_and_2k_plus_2_anchors_for_k_attributes():
+    # the released schedule (and Algorithm 2 without a merge) ended every unit at 25-32 anchors
+    attributes = [2, 3, 4, 6, 8]
+    x, labels = unit_like(attributes, 4000, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", random_state=0).fit(x)
+    for k, count in zip(attributes, model.n_components_.tolist()):
+        assert k <= count <= 2 * k + 2, (k, model.n_components_.tolist())
+    assert min(purity(model, x, labels)) >= 0.95
+
+
+def test_every_unit_of_a_batched_fit_keeps_its_attributes_apart():
+    # 8 units of 10 attributes each: before, a Gaussian left spanning two attributes (no
+    # random split reached it before the cap) gave 3 of these units purity 0.80-0.91
+    x, labels = unit_like([10] * 8, 5000, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", random_state=0).fit(x)
+    scores = purity(model, x, labels)
+    assert min(scores) >= 0.95, [round(p, 3) for p in scores]
+    assert all(10 <= k <= 22 for k in model.n_components_.tolist())
+
+
+def test_without_the_merge_random_splits_come_once_per_gaussian():
+    # Algorithm 2 alone (merge="none"): no cluster is denser than psi here, so only random
+    # splits add Gaussians, at most one per starting Gaussian: 2 to 4 starts give at most 8
+    x, _ = unit_like([2, 2], 2000, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DyGA("paper", merge="none", n_init=4, random_split=1.0, random_state=0).fit(x)
+    assert model.n_merged_.tolist() == [0, 0]
+    assert model.n_splits_.tolist() == [4, 4] and model.n_components_.tolist() == [8, 8]

@@ -272,3 +272,10 @@ def test_factorisations_run_on_one_thread_and_restore_the_callers_setting(monkey
     finally:
         torch.set_num_threads(saved)
     assert threads_seen == [1, 1]
+
+
+def test_trimming_drops_only_slots_after_the_last_valid_one():
+    mix = isotropic(2, 5, 3, 1.0, full=False, dtype=torch.float64, device="cpu")
+    valid = torch.tensor([[True, False, True, False, False], [True, False, False, False, False]])  # a hole
+    trimmed = mix._replace(valid=valid).trimmed()
+    assert trimmed.n_slots == 3 and torch.equal(trimmed.valid, valid[:, :3])

@@ -12,10 +12,12 @@ import torch.distributed as dist
 from conftest import InterruptAt
 from dydis.config import TrainLDMConfig, build_config
 from dydis.distributed import Context, launch
-from dydis.errors import TrainingDiverged, TrainingInterrupted
+from dydis.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from dydis.progress import SilentProgress
 from dydis.training import ldm as training
 from dydis.training.batches import BatchStream
 from dydis.training.checkpoint import load_checkpoint
+from dydis.training.csvlog import read_rows
 
 CPU = Context(0, 1, torch.device("cpu"))
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,10 +38,11 @@ def _data(n: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _rounds(run_dir) -> list[dict]:
-    import csv
+    return read_rows(run_dir / training.ROUNDS_CSV)
 
-    with open(run_dir / training.ROUNDS_CSV, newline="") as handle:
-        return list(csv.DictReader(handle))
+
+def _log(run_dir) -> list[dict]:
+    return read_rows(run_dir / training.LOG_CSV)
 
 
 def test_model_loss_is_a_scalar_and_trains_both_networks():
@@ -64,26 +67,41 @@ def test_alignment_starts_after_the_first_round_and_changes_the_conditioning(tmp
     aligned_steps, changes = [], []
     original = training.Anchors.align
 
-    def spy(self, c, lam, tau, generator=None):
-        out = original(self, c, lam, tau, generator)
+    def spy(self, c, lam, tau, generator=None, **options):
+        out = original(self, c, lam, tau, generator, **options)
         aligned_steps.append(len(aligned_steps))
+        assert options["delta_grad"] == "detach"  # dyga.delta_grad reaches every alignment
         changes.append(float((out - c).detach().abs().max()))
         return out
 
     monkeypatch.setattr(training.Anchors, "align", spy)
-    cfg = _config(max_steps=12, dyga={"every": 2, "subsample": 48, "max_components": 4, "n_init": 2, "max_iter": 5})
+    cfg = _config(max_steps=12, dyga={"every": 2, "subsample": 48, "max_components": 4, "n_init": 2, "max_iter": 5,
+                                      "delta_grad": "detach"})
     training.fit(CPU, cfg, *_data(32), tmp_path, resume=False)  # 4 steps per epoch; rounds after epochs 2 and 4 (none: 12 steps = 3 epochs)
     rounds = _rounds(tmp_path)
     assert [int(r["epoch"]) for r in rounds] == [2]
     assert len(aligned_steps) == 4  # steps 9-12, the third epoch, only
     assert all(change > 0 for change in changes)
-    log = (tmp_path / training.LOG_CSV).read_text().splitlines()[1:]
-    anchors_column = [line.split(",")[-1] for line in log]
-    assert anchors_column[:8] == [""] * 8 and all(a for a in anchors_column[8:])
+    log = _log(tmp_path)
+    assert [row["anchors"] for row in log[:8]] == [""] * 8 and all(row["anchors"] for row in log[8:])
+    # what the alignment did, from its first step on: delta averaged since the previous line
+    assert [row["delta_mean"] for row in log[:8]] == [""] * 8
+    assert all(0 < float(row["delta_mean"]) <= cfg.dyga.lam for row in log[8:])
+    assert all(0 <= float(row["delta_below_1e-3"]) <= 1 for row in log[8:])
+    # the extractor's gradient norm on every log line (zero-initialised projections: 0 at first)
+    norms = [float(row["extractor_grad_norm"]) for row in log]
+    assert all(norm >= 0 for norm in norms) and norms[-1] > 0
     state = load_checkpoint(tmp_path / training.CHECKPOINT)
     anchors = training.Anchors.from_state_dict(state["anchors"])
     assert len(anchors.n_components) == cfg.feature_extractor.latent_units
     assert all(1 <= k <= 4 for k in anchors.n_components)
+
+
+def test_delta_grad_is_a_dyga_config_key():
+    assert _config().dyga.delta_grad is None  # the mode's: paper detaches delta
+    assert _config(set={"dyga.delta_grad": "full"}).dyga.delta_grad == "full"
+    with pytest.raises(ConfigError, match="delta_grad"):
+        _config(set={"dyga.delta_grad": "through"})
 
 
 def test_anchor_groups_align_each_unit_with_its_own_mixture():
@@ -91,11 +109,11 @@ def test_anchor_groups_align_each_unit_with_its_own_mixture():
     from dydis.dyga import DyGA
 
     torch.manual_seed(0)
-    features = torch.randn(3, 200, 8) + torch.arange(3.0)[:, None, None] * 5
-    fits = [DyGA("official", n_init=2, max_components=3, max_iter=5, random_state=u).fit(features[[u]])
+    features = torch.randn(200, 3, 8) + torch.arange(3.0)[:, None] * 5  # [points, units, dims]
+    fits = [DyGA("official", n_init=2, max_components=3, max_iter=5, random_state=u).fit(features[:, [u]])
             for u in range(3)]  # official mode aligns with a hard argmax: no Gumbel noise to line up
     anchors = training.Anchors([([2], fits[2]), ([0], fits[0]), ([1], fits[1])])
-    c = features[:, :16].transpose(0, 1).contiguous()
+    c = features[:16]
     expected = torch.cat([fits[u].align(c[:, [u]], lam=0.1) for u in range(3)], 1)
     torch.testing.assert_close(anchors.align(c, 0.1, 1e-4), expected)
     assert anchors.n_components == [int(f.n_components_[0]) for f in fits]

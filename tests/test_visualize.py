@@ -18,7 +18,9 @@ from dydis.models.ldm import LatentDiffusion
 from dydis.models.unet import record_cross_attention
 from dydis.models.vqgan import VQGAN
 from dydis.training.ldm import Anchors
+from dydis.viz import figures
 from dydis.viz.attention import normalize_maps, token_maps, unit_attention
+from dydis.viz.curves import run_curves
 from dydis.viz.interchange import interchange_contexts, latent_interchange
 from dydis.viz.interpolate import interpolation_contexts
 from dydis.viz.sampler import Sampler
@@ -123,7 +125,7 @@ def test_units_plot_picks_the_unit_with_the_highest_nmi():
 
 def test_units_plot_marks_the_anchors_of_the_chosen_unit():
     units, factors = constructed_units(300)
-    features = torch.from_numpy(units[:, [2, 0]].transpose(1, 0, 2)).float().contiguous()  # (U, n, D)
+    features = torch.from_numpy(units[:, [2, 0]]).float()  # (n, U, D)
     dyga = DyGA(n_init=3, max_components=6, max_iter=30, random_state=0).fit(features)
     anchors = Anchors([([2, 0], dyga)])
     expected = dyga.anchors_[0][dyga.component_mask_[0]].numpy()
@@ -187,3 +189,18 @@ def test_visualize_bad_input_is_one_line_and_exit_2(store, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_curves_read_the_gradient_norm_and_delta_columns_where_they_exist(tmp_path):
+    old = [{"step": "1", "epoch": "0.5", "loss": "0.9", "anchors": ""}]  # a log from before the columns
+    new = [{"step": "1", "epoch": "0.5", "loss": "0.9", "anchors": "", "extractor_grad_norm": "0.2"},
+           {"step": "2", "epoch": "1.0", "loss": "0.8", "anchors": "2 3", "extractor_grad_norm": "0.3",
+            "delta_mean": "0.05", "delta_below_1e-3": "0.25"}]
+    rounds = [{"step": "1", "epoch": "0", "anchors": "2 3"}]
+    curves = run_curves("new", new, rounds)
+    np.testing.assert_array_equal(curves.grad_norm, [0.2, 0.3])
+    assert np.isnan(curves.delta_mean[0]) and curves.delta_mean[1] == 0.05 and curves.delta_small[1] == 0.25
+    assert np.isnan(run_curves("old", old, []).grad_norm).all()
+    path = tmp_path / "curves.png"
+    figures.training_curves([curves, run_curves("old", old, [])], path, "t")
+    assert path.stat().st_size > 0

@@ -8,13 +8,34 @@ Gaussian that claims it:
 
 The anchor is chosen by a Gumbel-softmax over the responsibilities with a tiny temperature
 (tau = 1e-4, Algorithm 3), which picks one anchor yet lets gradients reach ``c``, or by a
-hard argmax (the released code's ``predict0``). Gradients always flow through ``c`` in both
-the interpolation and ``delta``.
+hard argmax (the released code's ``predict0``). Gradients flow through ``c`` in the
+interpolation; whether they also flow through ``delta`` the paper does not say
+(``delta_grad``):
 
-These are pure functions on tensors; ``DyGA.align`` wires them to a fitted model.
+* ``"detach"`` (paper mode's default): delta is a coefficient. Its 1/c makes the gradient
+  through it unbounded where a feature is tiny -- d|(c - mu)/c|/dc = mu/c^2 -- and a ReLU
+  extractor's units are often 0 or nearly so: on such features the gradient reaching the
+  extractor grew to about 24 times its norm without alignment, most of it from a few
+  (sample, unit) pairs. Detached, the aligned features' gradient is (1 - delta) times the
+  incoming one plus the anchor choice's, so alignment cannot blow it up.
+* ``"full"``: differentiate through delta too, as the released code does (its autograd
+  sees one scalar over the batch, which is 0 on such features anyway).
+
+The anchor choice is a second, rarer source of large gradients that ``delta_grad`` leaves
+alone (Algorithm 3 asks for it): the Gumbel-softmax's derivative is y (1 - y) / tau, so
+when two anchors nearly tie for a (sample, unit) pair the gradient through mu is up to
+1 / (4 tau) = 2,500 times its usual size. On features like those of the ReLU-layer test in
+``tests/test_dyga_align.py`` (one coordinate per unit at the kink, batches of 256), 2 of 40
+batches reached about 480 times the gradient norm without alignment that way, and none with
+``hard=True``; the training log's extractor gradient norm shows such spikes.
+
+These are pure functions on tensors; ``DyGA.align`` wires them to a fitted model, and
+``DeltaStats`` keeps running statistics of delta for a training log.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
@@ -71,7 +92,7 @@ def safe_denominator(c: Tensor, floor: float = DENOMINATOR_FLOOR) -> Tensor:
     return sign * c.abs().clamp(min=floor)
 
 
-def alignment_delta(c: Tensor, mu: Tensor, lam: float, *, scope: str = "sample") -> Tensor:
+def alignment_delta(c: Tensor, mu: Tensor, lam: float, *, scope: str = "sample", grad: str = "detach") -> Tensor:
     """delta of eq. (6).
 
     Parameters
@@ -82,16 +103,48 @@ def alignment_delta(c: Tensor, mu: Tensor, lam: float, *, scope: str = "sample")
     scope : ``"sample"`` -- one delta per sample and unit, averaged over the D dimensions, as
         eq. (6) is written; ``"batch"`` -- one scalar averaged over the whole batch, units and
         dimensions, as the released code computes it.
+    grad : ``"detach"`` (a coefficient without gradient) or ``"full"`` (module docstring).
 
     Returns
     -------
     [B, U, 1] (``sample``) or a scalar tensor (``batch``).
     """
-    ratio = ((c - mu) / safe_denominator(c)).abs()
-    mean = ratio.mean(-1, keepdim=True) if scope == "sample" else ratio.mean()
-    return lam * torch.exp(-mean)
+    with torch.no_grad() if grad == "detach" else contextlib.nullcontext():
+        ratio = ((c - mu) / safe_denominator(c)).abs()
+        mean = ratio.mean(-1, keepdim=True) if scope == "sample" else ratio.mean()
+        return lam * torch.exp(-mean)
 
 
 def align_features(c: Tensor, mu: Tensor, delta: Tensor) -> Tensor:
     """c~ = c + delta (mu - c): an interpolation, so delta <= lambda < 1 never overshoots."""
     return c + delta * (mu - c)
+
+
+class DeltaStats:
+    """Running statistics of delta over the (sample, unit) pairs of many alignments: the mean,
+    and the share below ``SMALL`` (pairs that alignment leaves practically unchanged).
+
+    The sums stay on the device, so adding costs no host sync; ``read`` syncs once.
+    """
+
+    SMALL = 1e-3
+
+    def __init__(self) -> None:
+        self._sums: Tensor | None = None  # [sum of delta, pairs below SMALL]
+        self._count = 0
+
+    def add(self, delta: Tensor) -> None:
+        """delta [B, U, 1] of one alignment (any graph is ignored)."""
+        d = delta.detach().float()
+        sums = torch.stack([d.sum(), (d < self.SMALL).sum().float()])
+        self._sums = sums if self._sums is None else self._sums + sums
+        self._count += d.numel()
+
+    def read(self) -> dict[str, float]:
+        """``delta_mean`` and ``delta_below_1e-3`` since the last read (empty when nothing was
+        added), then start afresh."""
+        if self._sums is None:
+            return {}
+        total, small = (self._sums / self._count).tolist()
+        self._sums, self._count = None, 0
+        return {"delta_mean": total, "delta_below_1e-3": small}

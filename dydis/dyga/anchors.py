@@ -18,12 +18,19 @@
 3. Filter: Gaussians whose soft count (sum of responsibilities) is below
    ``min_cluster_size`` are removed (at least one Gaussian per unit is kept).
 4. Final EM on all points. The anchors are the means.
+5. ``merge="valley"`` only (``modes.py``; paper mode's default): every Gaussian whose
+   cluster is two modes along its principal axis is split as in step 2, and neighbouring
+   Gaussians that are one mode and not denser than psi together are merged. No EM follows.
 
 Two split rules:
 
 * ``paper`` -- every chosen cluster of a round is split (densest first when fewer slots are
   left than candidates); the two children share the parent's weight in proportion to their
-  EM weights.
+  EM weights. A Gaussian is split at random at most once: with ``merge="valley"`` a random
+  split is a trial, kept only when its children are two modes (``modes.py``), and the
+  children of a kept split are new Gaussians that may be drawn in turn; with
+  ``merge="none"`` the children of a random split are not drawn again. Rounds go on while
+  a dense cluster or an undrawn Gaussian is left.
 * ``official`` -- the released code's schedule (youngjun-jun/dis-dis, ``DyGA.fit`` and
   ``split_large_density_clusters``): a round with no cluster denser than ``psi`` splits only
   its first candidate and does not count it, so random splits repeat until
@@ -36,6 +43,7 @@ Two split rules:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -43,15 +51,18 @@ from einops import repeat
 from torch import Tensor
 from torch.profiler import record_function
 
-from dydis.dyga.hddc import (EXP_FLOOR, RESP_EPS, EMResult, Mixture, Points, block_elements, density_terms,
-                             e_step, fit_em, isotropic, log_density, squared_distances)
+from dydis.dyga.clusters import ComponentDensities, cluster_density
+from dydis.dyga.hddc import (RESP_EPS, EMResult, Mixture, Points, block_elements, e_step, fit_em, isotropic,
+                             squared_distances)
+from dydis.dyga.modes import merge_modes, two_mode_clusters, two_modes, valley_counts
 from dydis.dyga.streams import UnitStreams
 
 #: Counted splits after which the released code stops splitting (its ``max_split_iter``).
 OFFICIAL_MAX_COUNTED_SPLITS = 3
-#: Consecutive rounds without a split after which a unit stops splitting. Only the official
-#: rule has such rounds; the released loop would spin forever when every drawn cluster is
-#: too small to split.
+#: Consecutive rounds without a split after which a unit stops splitting. The released loop
+#: (official rule) would spin forever when every drawn cluster is too small to split; with
+#: the paper rule and a tiny ``random_split``, the untried Gaussians could take as long to
+#: be drawn.
 MAX_IDLE_ROUNDS = 100
 
 
@@ -115,124 +126,41 @@ class SelectionReport:
 
     initial: EMResult
     final: EMResult
+    log_likelihood: Tensor  # [U] mean log-likelihood per point of the returned mixtures
     n_rounds: int = 0
     n_splits: Tensor | None = None
+    n_merged: Tensor | None = None
     n_filtered: Tensor | None = None
     child_fits: list[EMResult] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------
-# Step 2: clusters, densities (eq. 5) and the choice of splits
-
-
-class ComponentDensities:
-    """log N(x_i | mu_k, Sigma_k) of every point and slot, kept from one split round to the next.
-
-    A round changes the parameters of the split components only (the first child takes its
-    parent's slot, the second a free one); every other slot keeps its mean and covariance,
-    and weights enter only when clusters are read (``members``). So a round recomputes the
-    densities of the changed slots alone: with the official rule, which splits one cluster
-    per round for about 24 rounds, that is 2 slots per round instead of up to 32.
-    """
-
-    def __init__(self, points: Points, n_slots: int):
-        C, L, _ = points.x.shape
-        self.points = points
-        self.values = points.x.new_empty(C, n_slots, L)  # [U, K, n] unweighted log-densities
-        self.stale = torch.ones(C, n_slots, dtype=torch.bool, device=points.x.device)
-
-    def mark(self, changed: Tensor) -> None:
-        """Slots [U, K] bool whose parameters changed."""
-        self.stale[:, :changed.shape[1]] |= changed
-
-    def members(self, mix: Mixture, phi: float) -> Tensor:
-        """The cluster of every point under ``mix`` (its first slots, [U, K <= n_slots]): the
-        component whose responsibility exceeds ``phi``, -1 for none. With ``phi >= 0.5`` at
-        most one qualifies, so clusters are disjoint. Returns [U, n] long."""
-        self._refresh(mix)
-        x = self.points.x
-        C, L, _ = x.shape
-        K = mix.n_slots
-        log_w = mix.weights.log().masked_fill(~mix.valid, float("-inf")).to(x.dtype).unsqueeze(-1)
-        out = torch.empty(C, L, dtype=torch.long, device=x.device)
-        block = max(1, block_elements(x.device) // max(1, C * K))
-        for start in range(0, L, block):
-            logp = self.values[:, :K, start:start + block] + log_w
-            top, arg = logp.max(1)  # the top responsibility is 1 / sum_k exp(logp_k - top)
-            total = logp.sub_(top.unsqueeze(1)).clamp_(min=EXP_FLOOR).exp_().sum(1)
-            out[:, start:start + block] = torch.where(total.reciprocal_() > phi, arg, torch.full_like(arg, -1))
-        return out
-
-    def _refresh(self, mix: Mixture) -> None:
-        K = mix.n_slots
-        todo = self.stale[:, :K] & mix.valid
-        n_todo = int(todo.sum(1).max())  # sync: sizes the recomputation
-        if n_todo:
-            # the stale slots of each unit first; units with fewer recompute some fresh ones too
-            slots = torch.argsort((~todo).to(torch.int8), dim=1, stable=True)[:, :n_todo]
-            terms = density_terms(mix.select(slots), self.points.x.dtype, with_weights=False)
-            C, L, _ = self.points.x.shape
-            block = max(1, block_elements(self.points.x.device) // max(1, C * n_todo * (terms.width + 2)))
-            for start in range(0, L, block):
-                logp = log_density(self.points, terms, start, start + block)
-                self.values[:, :, start:start + block].scatter_(1, slots.unsqueeze(-1).expand_as(logp), logp)
-        self.stale[:, :K] = False
-
-
-def cluster_density(x: Tensor, members: Tensor, n_slots: int) -> tuple[Tensor, Tensor]:
-    """Eq. (5): mean L2 distance of a cluster's points to the cluster's own mean.
-
-    Parameters
-    ----------
-    x : [U, n, D] points.
-    members : [U, n] cluster of each point (-1: none).
-
-    Returns
-    -------
-    densities [U, K] float64 (NaN for empty clusters) and sizes [U, K] long.
-    """
-    U, n, D = x.shape
-    slot = (members + 1).clamp(min=0)  # bin 0 collects the points of no cluster
-    sizes = torch.zeros(U, n_slots + 1, dtype=torch.float64, device=x.device)
-    sizes.scatter_add_(1, slot, torch.ones_like(slot, dtype=torch.float64))
-    bins = (slot + torch.arange(U, device=x.device).unsqueeze(1) * (n_slots + 1)).view(-1)  # [U * n]
-    flat_x = x.reshape(U * n, D)
-    # in pieces: temporaries the size of all points cost more in page faults than in
-    # arithmetic (see hddc.block_elements)
-    step = max(1, block_elements(x.device) // D)
-    pieces = [slice(i, i + step) for i in range(0, U * n, step)]
-    sums = torch.zeros(U * (n_slots + 1), D, dtype=torch.float64, device=x.device)
-    for piece in pieces:
-        sums.index_add_(0, bins[piece], flat_x[piece].double())
-    centre = (sums / sizes.view(-1, 1).clamp(min=1)).to(x.dtype)
-    dist = torch.cat([torch.linalg.vector_norm(flat_x[piece] - centre.index_select(0, bins[piece]), dim=-1)
-                      for piece in pieces])
-    total = torch.zeros(U * (n_slots + 1), dtype=torch.float64, device=x.device).index_add_(0, bins, dist.double())
-    total = total.view(U, n_slots + 1)
-    density = (total / sizes)[:, 1:]  # 0/0 = NaN: an empty cluster is never "dense"
-    return density, sizes[:, 1:].long()
+# Step 2: the choice of splits (clusters and their densities: ``clusters.py``)
 
 
 def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, random_split: float,
-                  max_components: int, rule: str, counted: Tensor, draw: Tensor) -> tuple[Tensor, Tensor]:
+                  max_components: int, rule: str, counted: Tensor, draw: Tensor,
+                  tried: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Which components to split this round, and which units go on splitting afterwards.
 
     A cluster needs two points to be split (the children start at two of them). ``draw``
     [U, K] holds the round's uniform draws: a Gaussian is a random candidate when its draw
-    is below ``random_split``. ``counted`` [U] (official rule) is updated in place.
+    is below ``random_split`` and, with the paper rule, it has not been ``tried`` [U, K]
+    (default: none) at random before. ``counted`` [U] (official rule) is updated in place.
 
     Returns
     -------
     chosen : [U, K] bool.
-    going_on : [U] bool. ``paper``: a cluster was chosen (Algorithm 2's loop ends when F is
-        empty). ``official``: some Gaussian was drawn at all, even one whose cluster is too
-        small to split -- the released loop skips those and draws again next round -- and
-        fewer than 3 splits were counted.
+    going_on : [U] bool. ``paper``: a cluster was chosen, or an untried one is left to draw
+        (Algorithm 2's loop ends when F is empty), and there is room. ``official``: some
+        Gaussian was drawn at all, even one whose cluster is too small to split -- the
+        released loop skips those and draws again next round -- and fewer than 3 splits
+        were counted.
     """
     splittable = valid & (sizes >= 2)
-    drawn = valid & ((density > psi) | (draw < random_split))
     dense = splittable & (density > psi)
-    candidate = dense | (splittable & (draw < random_split))
+    untried = splittable if tried is None or rule == "official" else splittable & ~tried
+    candidate = dense | (untried & (draw < random_split))
     room = (max_components - valid.sum(1)).clamp(min=0)  # [U]
     if rule == "official":
         room = torch.where(counted < OFFICIAL_MAX_COUNTED_SPLITS, room, torch.zeros_like(room))
@@ -240,7 +168,9 @@ def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, 
     key = torch.where(dense, 2.0 + density.nan_to_num(0.0), draw).masked_fill(~candidate, float("-inf"))
     rank = torch.argsort(torch.argsort(key, dim=1, descending=True, stable=True), dim=1)
     chosen = candidate & (rank < room.unsqueeze(1))
+    room_left = valid.sum(1) + chosen.sum(1) < max_components
     if rule == "official":
+        drawn = valid & ((density > psi) | (draw < random_split))
         any_dense = (valid & (density > psi)).any(1)
         first = candidate & (torch.cumsum(candidate.long(), 1) == 1)  # the lowest-slot candidate
         chosen = torch.where(any_dense.unsqueeze(1), chosen, first & (room > 0).unsqueeze(1))
@@ -248,7 +178,8 @@ def choose_splits(density: Tensor, sizes: Tensor, valid: Tensor, *, psi: float, 
         room_left = valid.sum(1) + chosen.sum(1) < max_components
         going_on = drawn.any(1) & (counted < OFFICIAL_MAX_COUNTED_SPLITS) & room_left
         return chosen, going_on
-    return chosen, chosen.any(1) & (valid.sum(1) + chosen.sum(1) < max_components)
+    left_to_draw = (untried & ~chosen).any(1) & (random_split > 0)
+    return chosen, (chosen.any(1) | left_to_draw) & room_left
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,6 +262,14 @@ def _far_point(points: Points, first: Tensor, streams: UnitStreams) -> Tensor:
     return points.x.reshape(C * L, D)[pick.clamp(max=C * L - 1)]
 
 
+def second_slots(mix: Mixture, batch: SplitBatch) -> Tensor:
+    """The free slot [G] that each segment's second child takes: a unit's free slots in
+    the order of its segments (segments come in unit order)."""
+    unit = batch.unit
+    rank = torch.arange(len(unit), device=unit.device) - torch.searchsorted(unit, unit)
+    return mix.valid.sum(1)[unit] + rank
+
+
 def merge_children(mix: Mixture, children: Mixture, batch: SplitBatch, *, child_weights: str) -> Mixture:
     """Write the children back: the first replaces its parent, the second takes a free slot.
 
@@ -343,10 +282,7 @@ def merge_children(mix: Mixture, children: Mixture, batch: SplitBatch, *, child_
     width = max(mix.width, children.width)
     mix, children = mix.with_width(width), children.with_width(width)
     unit, parent = batch.unit, batch.parent
-    n_valid = mix.valid.sum(1)
-    # rank of each segment among its unit's segments: segments come in unit order
-    seg_first = torch.searchsorted(unit, unit)
-    second = n_valid[unit] + torch.arange(len(unit), device=unit.device) - seg_first
+    second = second_slots(mix, batch)
     if child_weights == "parent":
         w = children.weights * mix.weights[unit, parent].unsqueeze(1)
     else:
@@ -377,11 +313,16 @@ def drop_small(points: Points, mix: Mixture, min_size: float) -> tuple[Mixture, 
     keep = mix.valid & (nk >= min_size)
     largest = torch.nn.functional.one_hot(nk.masked_fill(~mix.valid, -1).argmax(1), mix.n_slots).bool()
     keep |= largest & ~keep.any(1, keepdim=True)
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-    kept = mix._replace(valid=keep).select(order)
+    return compacted(mix._replace(valid=keep)), (mix.valid & ~keep).sum(1)
+
+
+def compacted(mix: Mixture) -> Mixture:
+    """The valid slots first (in their order), weights renormalised over them, trailing
+    invalid slots dropped."""
+    order = torch.argsort((~mix.valid).to(torch.int8), dim=1, stable=True)
+    kept = mix.select(order)
     w = kept.weights * kept.valid
-    kept = kept._replace(weights=w / w.sum(1, keepdim=True).clamp(min=1e-30))
-    return kept.trimmed(), (mix.valid & ~keep).sum(1)
+    return kept._replace(weights=w / w.sum(1, keepdim=True).clamp(min=1e-30)).trimmed()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,7 +352,7 @@ def along_first_direction(x: Tensor, n_iter: int = 30) -> Tensor:
 def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_components: int = 32,
                    phi: float = 0.5, psi: float = 0.5, random_split: float = 0.5, min_cluster_size: float = 10,
                    split_rule: str = "paper", child_weights: str = "parent", child_init: str = "random",
-                   init_means: Tensor | None = None,
+                   merge: str = "none", init_means: Tensor | None = None,
                    streams: UnitStreams | None = None) -> tuple[Mixture, SelectionReport]:
     """Algorithm 2 for every unit of ``x`` [U, n, D] at once; returns the mixtures [U, K] and a report.
 
@@ -421,6 +362,14 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     is the same for any order, its random draws just pick other points. Every unit draws
     from its own stream of ``streams`` (default: seed 0), so its anchors do not depend on
     the units fitted beside it, up to floating-point rounding.
+
+    With the paper rule each Gaussian is split at random at most once (it is *tried*): with
+    ``merge="valley"`` a random split is kept only when its children are two modes
+    (``modes.py``), and the children of a kept split are new Gaussians, tried in turn; with
+    ``merge="none"`` every random split is kept and its children are not drawn again, which
+    bounds the random splits to one per Gaussian of the initial EM or of a dense split.
+    ``merge="valley"`` also settles the mixture after the final EM (``_settle``): Gaussians
+    whose clusters are two modes are split and neighbouring ones that are one mode merged.
     """
     U, n, D = x.shape
     streams = streams if streams is not None else UnitStreams.seeded(0, U, x.device)
@@ -438,6 +387,8 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
     n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
     splitting = torch.ones(U, dtype=torch.bool, device=x.device)
     idle = torch.zeros(U, dtype=torch.long, device=x.device)  # consecutive rounds without a split
+    tried = torch.zeros(U, max_components, dtype=torch.bool, device=x.device)  # split at random before
+    trials = merge == "valley" and split_rule == "paper"
     child_fits = []
     rounds = 0
     densities = ComponentDensities(points, max_components)
@@ -455,8 +406,9 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         draw[live] = streams.rows(live).rand(mix.n_slots).to(x.device)
         chosen, going_on = choose_splits(density, sizes, mix.valid, psi=psi, random_split=random_split,
                                          max_components=max_components, rule=split_rule, counted=counted,
-                                         draw=draw)
+                                         draw=draw, tried=tried)
         chosen &= splitting.unsqueeze(1)
+        at_random = chosen & ~(density > psi)
         # a round that drew only unsplittable clusters (official rule) is idle for its unit
         idle = torch.where(chosen.any(1), torch.zeros_like(idle), idle + splitting.long())
         splitting &= going_on & (idle < MAX_IDLE_ROUNDS)
@@ -468,8 +420,19 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
             children = settings.start(batch.points, batch.first_two)
             children, fit = settings.run(batch.points, children)
         child_fits.append(fit)
+        tried |= at_random
+        if trials:  # a random split stays only when its children are two modes
+            with record_function("dyga.trials"):
+                batch, children = _keep_two_modes(x, members, batch, children, at_random)
+            chosen = torch.zeros_like(chosen)
+            chosen[batch.unit, batch.parent] = True
         merged = merge_children(mix, children, batch, child_weights=child_weights)
+        second = second_slots(mix, batch)
         densities.mark(chosen | (merged.valid & ~mix.valid))  # the parents' slots and the new ones
+        # children are new Gaussians, drawn in turn -- except random ones that no trial checked
+        child_tried = at_random[batch.unit, batch.parent] & (not trials)
+        tried[batch.unit, batch.parent] = child_tried
+        tried[batch.unit, second] = child_tried
         mix = merged
         n_splits += chosen.sum(1)
         rounds += 1
@@ -478,5 +441,84 @@ def select_anchors(x: Tensor, settings: EMSettings, *, n_init: int = 8, max_comp
         mix, n_filtered = drop_small(points, mix.trimmed(), min_cluster_size)
     with record_function("dyga.final_em"):
         mix, final = settings.run(points, mix)
-    return mix, SelectionReport(initial=initial, final=final, n_rounds=rounds, n_splits=n_splits,
-                                n_filtered=n_filtered, child_fits=child_fits)
+    log_likelihood = final.history[-1]
+    n_merged = torch.zeros(U, dtype=torch.long, device=x.device)
+    if merge == "valley":
+        with record_function("dyga.settle"):
+            mix, n_settled, n_merged, log_likelihood = _settle(
+                x, points, mix, settings, streams, phi=phi, psi=psi, max_components=max_components,
+                child_init=child_init, child_weights=child_weights)
+        n_splits += n_settled
+    return mix, SelectionReport(initial=initial, final=final, log_likelihood=log_likelihood, n_rounds=rounds,
+                                n_splits=n_splits, n_merged=n_merged, n_filtered=n_filtered, child_fits=child_fits)
+
+
+def _settle(x: Tensor, points: Points, mix: Mixture, settings: EMSettings, streams: UnitStreams, *, phi: float,
+            psi: float, max_components: int, child_init: str,
+            child_weights: str) -> tuple[Mixture, Tensor, Tensor, Tensor]:
+    """After the final EM (``merge="valley"``): split every Gaussian whose cluster is two
+    modes along its principal axis, then merge neighbouring pairs that are one mode
+    (``modes.py``). No EM follows: on a curved attribute EM gains likelihood from a second
+    Gaussian and takes it from a neighbour, which then spans two attributes; the final EM
+    does exactly that now and then, and this step undoes it.
+
+    Returns the compacted mixtures, splits and merges per unit [U], and the mean
+    log-likelihood per point of the result [U].
+    """
+    U = x.shape[0]
+    mix = mix.padded(max_components)
+    densities = ComponentDensities(points, max_components)
+    n_splits = torch.zeros(U, dtype=torch.long, device=x.device)
+    refused = torch.zeros(U, max_components, dtype=torch.bool, device=x.device)  # children were one mode
+    for _ in range(max_components):  # each round splits or refuses a slot for good
+        current = mix.trimmed()
+        pad = mix.n_slots - current.n_slots
+        members = densities.members(current, phi)
+        _, sizes = cluster_density(x, members, current.n_slots)
+        sizes = torch.nn.functional.pad(sizes, (0, pad))
+        split = torch.nn.functional.pad(two_mode_clusters(x, members, current), (0, pad))
+        split &= (sizes >= 2) & ~refused
+        split &= torch.cumsum(split.long(), 1) <= (max_components - mix.valid.sum(1)).unsqueeze(1)  # the cap
+        if not bool(split.any()):  # sync once per round
+            break
+        batch = split_batch(x, members, sizes, split, streams, child_init)
+        children, _ = settings.run(batch.points, settings.start(batch.points, batch.first_two))
+        batch, children = _keep_two_modes(x, members, batch, children, split)
+        kept = torch.zeros_like(split)
+        kept[batch.unit, batch.parent] = True
+        refused |= split & ~kept
+        merged = merge_children(mix, children, batch, child_weights=child_weights)
+        born = merged.valid & ~mix.valid
+        densities.mark(kept | born)
+        refused &= ~(kept | born)
+        mix = merged
+        n_splits += kept.sum(1)
+    mix, n_merged = merge_modes(x, mix.trimmed(), densities, phi=phi, psi=psi, model=settings.model, reg=settings.reg,
+                                dim_threshold=settings.dim_threshold, n_dims=settings.n_dims)
+    log_likelihood = densities.mean_log_likelihood(mix)
+    return compacted(mix), n_splits, n_merged, log_likelihood
+
+
+def _keep_two_modes(x: Tensor, members: Tensor, batch: SplitBatch, children: Mixture,
+                    at_random: Tensor) -> tuple[SplitBatch, Mixture]:
+    """The split batch without the random splits whose children are one mode (``modes.py``).
+
+    ``members`` [U, n] are the round's clusters (a segment's points are its parent's cluster)
+    and ``at_random`` [U, K] the parents split at random; dense splits always stay.
+    """
+    U, K = at_random.shape
+    D = x.shape[-1]
+    first = x.new_zeros(U, K, D)
+    second = x.new_zeros(U, K, D)
+    first[batch.unit, batch.parent] = children.means[:, 0].to(x.dtype)
+    second[batch.unit, batch.parent] = children.means[:, 1].to(x.dtype)
+    tested = at_random.gather(1, members.clamp(min=0)) & (members >= 0)
+    label = torch.where(tested, members, torch.full_like(members, -1))
+    separate = two_modes(valley_counts(x, label, first, second, K))
+    keep = (~at_random | separate)[batch.unit, batch.parent]
+    if bool(keep.all()):
+        return batch, children
+    kept = keep.nonzero().squeeze(1)
+    # only the slots are read from here on (merge_children): the points are not carried over
+    return dataclasses.replace(batch, points=None, unit=batch.unit[kept], parent=batch.parent[kept],
+                               first_two=batch.first_two[kept]), children.take(kept)

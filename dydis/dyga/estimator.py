@@ -1,8 +1,9 @@
 """``DyGA``: Dynamic Gaussian Anchoring as a scikit-learn-style estimator over many units.
 
-``fit(features)`` takes the raw feature-extractor outputs of the fitting set, ``[U, n, D]``
-(U latent units, n points, D = 32), and runs anchor selection (``anchors.py``) for all units
-at once; ``align(c)`` applies eq. (6) to a training batch ``[B, U, D]`` (``align.py``).
+``fit(features)`` takes the raw feature-extractor outputs of the fitting set, ``[n, U, D]``
+(n points, U latent units, D = 32: the extractor's own output layout), and runs anchor
+selection (``anchors.py``) for all units at once; ``align(c)`` applies eq. (6) to a
+training batch ``[B, U, D]`` in the same layout (``align.py``).
 
 Two modes, because the paper and the released code (youngjun-jun/dis-dis) disagree
 (DESIGN sections 6 and 9). Each difference is also its own parameter; ``None`` means "the
@@ -15,11 +16,13 @@ covariance         ``"hddc"`` (section 3.2.1)      ``"full"`` (+1e-6 I, Gaussian
 init_scale         ``"data"`` (see below)          ``"identity"`` (start with I)
 child_init         ``"spread"`` (k-means++ pair)   ``"random"`` (uniform random pair)
 split_rule         ``"paper"``                     ``"official"`` (random splits up to 32)
+merge              ``"valley"`` (see below)        ``"none"``
 child_weights      ``"parent"`` (share parent's)   ``"half"`` (halved, renormalised)
 align_stats        ``"fit"`` (stored min-max)      ``"batch"`` (the batch's min-max)
 hard               ``False`` (Gumbel-softmax)      ``True`` (argmax, ``predict0``)
 delta_scope        ``"sample"`` (eq. 6)            ``"batch"`` (one scalar per batch)
 anchor_space       ``"raw"`` (anchor mapped back)  ``"normalized"`` (mixed into raw c)
+delta_grad         ``"detach"`` (a coefficient)    ``"full"`` (gradient through delta)
 =================  =============================  ======================================
 
 Both modes min-max scale each unit to [-1, 0] with the fitting set's statistics before
@@ -27,6 +30,18 @@ fitting (the released code's ``(x - max) / (max - min + 1e-6)``, one max and min
 over all its points and dimensions), so ``psi = 0.5`` means the same in both; ``paper``
 stores those statistics and reuses them at alignment. Both modes use the robust EM of
 ``hddc.py`` (variance floor, empty components re-seeded, correct split bookkeeping).
+
+The anchor count. Algorithm 2 splits a Gaussian whose cluster is denser than psi and others
+at random; the paper gives no rule that ends the random splits or joins Gaussians sharing
+one attribute, and with the released schedule every unit climbs to ``max_components``
+whatever its data. ``merge="valley"`` (``modes.py``; our addition, paper mode's default
+because without it the count follows the random draws rather than the data) keeps a random
+split only when its two children are two modes of the data, draws each Gaussian for a
+random split at most once, and merges neighbouring Gaussians that are one mode and not
+denser than psi together. A unit whose features hold k well-separated attributes then ends
+with k to 2k + 2 anchors (tested for k = 2 to 8), and a continuous attribute keeps about one
+anchor per psi of its extent. ``merge="none"`` is Algorithm 2 alone; its random splits still
+come at most once per Gaussian of the initial EM or of a dense split.
 
 Degenerate units degrade gracefully rather than raise: a unit whose features are constant
 fits Gaussians that all sit on that point (variance = the floor); a unit with fewer points
@@ -37,7 +52,7 @@ Gaussian per unit. Empty input, NaN or infinite features raise ``DyGAInputError`
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from einops import einsum, rearrange
@@ -52,28 +67,39 @@ from dydis.dyga.hddc import RESP_EPS, Mixture, Points, density_terms, log_densit
 from dydis.dyga.parallel import default_n_jobs, select_anchors_in_groups
 from dydis.dyga.streams import UnitStreams
 
-#: Format of ``DyGA.state_dict()``; bump when its keys or meanings change.
-STATE_FORMAT = 1
+#: Format of ``DyGA.state_dict()``; bump when its keys or meanings change. Format 1 predates
+#: the ``merge`` and ``delta_grad`` settings: its fits had no merge, and its alignment
+#: differentiated through delta.
+STATE_FORMAT = 2
+FORMAT_1_SETTINGS = {"merge": "none", "delta_grad": "full"}
 
 #: The released code's guard in (x - max) / (max - min + eps).
 SCALE_EPS = 1e-6
 
 MODES: dict[str, dict[str, Any]] = {
-    "paper": dict(covariance="hddc", init_scale="data", child_init="spread", split_rule="paper",
-                  child_weights="parent", align_stats="fit", hard=False, delta_scope="sample", anchor_space="raw"),
+    "paper": dict(covariance="hddc", init_scale="data", child_init="spread", split_rule="paper", merge="valley",
+                  child_weights="parent", align_stats="fit", hard=False, delta_scope="sample", anchor_space="raw",
+                  delta_grad="detach"),
     "official": dict(covariance="full", init_scale="identity", child_init="random", split_rule="official",
-                     child_weights="half", align_stats="batch", hard=True, delta_scope="batch",
-                     anchor_space="normalized"),
+                     merge="none", child_weights="half", align_stats="batch", hard=True, delta_scope="batch",
+                     anchor_space="normalized", delta_grad="full"),
 }
 
 CHOICES = dict(covariance=("hddc", "full"), init_scale=("data", "identity"), child_init=("spread", "random"),
-               split_rule=("paper", "official"), child_weights=("parent", "half"),
+               split_rule=("paper", "official"), merge=("valley", "none"), child_weights=("parent", "half"),
                align_stats=("fit", "batch"), hard=(False, True), delta_scope=("sample", "batch"),
-               anchor_space=("raw", "normalized"))
+               anchor_space=("raw", "normalized"), delta_grad=("detach", "full"))
 
 _FITTED = ("means_", "weights_", "component_mask_", "n_components_", "basis_", "scales_", "noise_variances_",
            "intrinsic_dims_", "log_dets_", "norm_max_", "norm_scale_", "center_", "log_likelihood_", "n_iter_",
            "converged_", "n_splits_", "n_filtered_")
+
+
+class Alignment(NamedTuple):
+    """What ``DyGA.alignment`` returns."""
+
+    features: Tensor  # [B, U, D] aligned features c~
+    delta: Tensor  # [B, U, 1] the multiplier of eq. (6) of every (sample, unit) pair
 
 
 class DyGAParameterError(ConfigError, ValueError):
@@ -97,6 +123,8 @@ class DyGA(BaseEstimator):
         split's children and the final fit.
     tol : EM stops early once the mean log-likelihood per point changes by less than this.
     covariance, split_rule, child_weights : see the table in the module docstring.
+    merge : ``"valley"`` (paper mode) or ``"none"`` (official): see "The anchor count" in
+        the module docstring.
     init_scale : covariance of the starting Gaussians (initial ones and split children):
         ``"identity"`` is the released code's I; ``"data"`` an isotropic variance matched to
         the points' distance to their nearest starting mean (the paper does not say).
@@ -106,13 +134,17 @@ class DyGA(BaseEstimator):
     phi : responsibility above which a point belongs to a Gaussian's cluster (>= 0.5, so
         clusters are disjoint).
     psi : cluster density (eq. 5, in the [-1, 0]-scaled space) above which a Gaussian splits.
-    random_split : probability that any other Gaussian with a cluster splits in a round.
+    random_split : probability that any other Gaussian with a cluster splits in a round
+        (paper rule: among those not split at random before).
     min_cluster_size : Gaussians with a smaller soft count are removed before the final EM.
     reg_covar : variance floor added to every covariance eigenvalue (the authors' 1e-6).
     dim_threshold : Cattell scree-test threshold for HDDC's d_k (0.2, Bouveyron et al. 2007).
     n_dims : fixed HDDC intrinsic dimension instead of the scree test.
     normalize : min-max scale each unit to [-1, 0] before fitting (both modes do).
     align_stats, hard, delta_scope, anchor_space : alignment options (module docstring).
+    delta_grad : ``"detach"``: eq. (6)'s delta is a coefficient without gradient (paper mode;
+        its 1/c would let a ReLU extractor's tiny features blow up the gradient, ``align.py``);
+        ``"full"``: gradients flow through delta too (official mode, as the released code).
     gumbel_logits : ``"log"`` (sample the posterior) or ``"prob"`` (Algorithm 3 literally);
         see ``align.choose_anchor_weights``.
     means_init : optional [U, K0, D] starting means in raw feature space, instead of
@@ -144,7 +176,8 @@ class DyGA(BaseEstimator):
     center_ : [U, D] the scaled data's mean (an internal shift kept for accuracy).
     log_likelihood_ : [U] mean log-likelihood per point of the final mixture (scaled space).
     n_iter_, converged_ : [U] iterations and convergence of the final EM.
-    n_splits_, n_filtered_, n_split_rounds_ : splits and removals per unit, split rounds.
+    n_splits_, n_merged_, n_filtered_ : [U] splits kept, merges and removals per unit.
+    n_split_rounds_ : split rounds.
     settings_ : the resolved mode options.
     """
 
@@ -153,8 +186,9 @@ class DyGA(BaseEstimator):
                  child_init: str | None = None, phi: float = 0.5, psi: float = 0.5,
                  random_split: float = 0.5, min_cluster_size: float = 10, reg_covar: float = 1e-6,
                  dim_threshold: float = 0.2, n_dims: int | None = None, split_rule: str | None = None,
-                 child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
+                 merge: str | None = None, child_weights: str | None = None, normalize: bool = True, align_stats: str | None = None,
                  hard: bool | None = None, delta_scope: str | None = None, anchor_space: str | None = None,
+                 delta_grad: str | None = None,
                  gumbel_logits: str = "log", means_init: Tensor | None = None, random_state: int | None = 0,
                  n_jobs: int | None = None):
         self.mode = mode
@@ -173,11 +207,13 @@ class DyGA(BaseEstimator):
         self.dim_threshold = dim_threshold
         self.n_dims = n_dims
         self.split_rule = split_rule
+        self.merge = merge
         self.child_weights = child_weights
         self.normalize = normalize
         self.align_stats = align_stats
         self.hard = hard
         self.delta_scope = delta_scope
+        self.delta_grad = delta_grad
         self.anchor_space = anchor_space
         self.gumbel_logits = gumbel_logits
         self.means_init = means_init
@@ -229,11 +265,17 @@ class DyGA(BaseEstimator):
     def _check_features(features, name: str) -> Tensor:
         x = torch.as_tensor(features)
         if x.dim() != 3:
-            raise DyGAInputError(f"{name} must be a [units, points, dims] tensor, got shape {tuple(x.shape)}")
+            raise DyGAInputError(f"{name} must be a [points, units, dims] tensor, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise DyGAInputError(f"{name} must be floating point, got {x.dtype}")
         if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
             raise DyGAInputError(f"{name} is empty: shape {tuple(x.shape)}")
+        if x.shape[1] > x.shape[0]:
+            # fewer points than units cannot be fitted usefully: almost surely [units, points, dims]
+            raise DyGAInputError(f"{name} must be [points, units, dims] (the layout of align and of the feature "
+                                 f"extractor's output), got shape {tuple(x.shape)} with more units ({x.shape[1]}) "
+                                 f"than points ({x.shape[0]}); transpose [units, points, dims] with "
+                                 f".transpose(0, 1)")
         if not bool(torch.isfinite(x).all()):
             raise DyGAInputError(f"{name} contains NaN or infinite values; drop or repair those points first")
         return x if x.dtype == torch.float64 else x.float()
@@ -250,8 +292,9 @@ class DyGA(BaseEstimator):
 
         Parameters
         ----------
-        features : [U, n, D] raw feature-extractor outputs (U units, n points, D dims), on
-            any device; fitting runs there.
+        features : [n, U, D] raw feature-extractor outputs (n points, U units, D dims; the
+            layout of ``align`` and of the extractor's output, with at least as many points
+            as units), on any device; fitting runs there.
         y : ignored (scikit-learn convention).
         units : the indices of these U units in a larger set (default 0 to U - 1). Each unit
             draws from the random stream of its index, so processes that fit disjoint groups
@@ -263,6 +306,7 @@ class DyGA(BaseEstimator):
         """
         settings = self._resolved()
         x = self._check_features(features, "features").detach()
+        x = x.transpose(0, 1).contiguous()  # [U, n, D]: anchor selection works unit by unit
         U, n, D = x.shape
         if units is not None and (len(units) != U or len(set(units)) != U or min(units) < 0):
             raise DyGAInputError(f"units must be {U} distinct indices >= 0, one per unit of features, got {units}")
@@ -291,7 +335,7 @@ class DyGA(BaseEstimator):
         mix, report = select_anchors_in_groups(
             z - center[:, None], em, n_jobs=n_jobs, streams=streams, n_init=self.n_init,
             max_components=self.max_components, phi=self.phi, psi=self.psi, random_split=self.random_split,
-            min_cluster_size=self.min_cluster_size, split_rule=settings["split_rule"],
+            min_cluster_size=self.min_cluster_size, split_rule=settings["split_rule"], merge=settings["merge"],
             child_weights=settings["child_weights"], child_init=settings["child_init"], init_means=init)
         self.settings_ = settings
         self._set_fitted(
@@ -307,13 +351,14 @@ class DyGA(BaseEstimator):
             norm_max_=hi,
             norm_scale_=scale,
             center_=center,
-            log_likelihood_=report.final.history[-1],
+            log_likelihood_=report.log_likelihood,
             n_iter_=report.final.n_iter,
             converged_=report.final.converged,
             n_splits_=report.n_splits,
             n_filtered_=report.n_filtered,
         )
         self.n_split_rounds_ = report.n_rounds
+        self.n_merged_ = report.n_merged
         if not bool(report.final.converged.all()):
             bad = int((~report.final.converged).sum())
             warnings.warn(f"DyGA: the final EM of {bad} of {U} units did not reach tol={self.tol} in "
@@ -387,8 +432,13 @@ class DyGA(BaseEstimator):
         return self.responsibilities(c).argmax(-1)
 
     def align(self, c: Tensor, lam: float = 0.1, tau: float = 1e-4, hard: bool | None = None,
-              generator: torch.Generator | None = None) -> Tensor:
-        """Feature alignment, eq. (6) with Algorithm 3's anchor choice.
+              generator: torch.Generator | None = None, delta_grad: str | None = None) -> Tensor:
+        """Feature alignment, eq. (6) with Algorithm 3's anchor choice: ``alignment(...).features``."""
+        return self.alignment(c, lam, tau, hard, generator, delta_grad).features
+
+    def alignment(self, c: Tensor, lam: float = 0.1, tau: float = 1e-4, hard: bool | None = None,
+                  generator: torch.Generator | None = None, delta_grad: str | None = None) -> Alignment:
+        """Feature alignment, eq. (6) with Algorithm 3's anchor choice, and the delta it used.
 
         Parameters
         ----------
@@ -398,11 +448,15 @@ class DyGA(BaseEstimator):
         hard : argmax instead of Gumbel-softmax; ``None`` takes the fitted setting (``hard``
             parameter, else the mode's: ``paper`` Gumbel, ``official`` argmax).
         generator : source of the Gumbel noise (torch's default generator when ``None``).
+        delta_grad : ``"detach"`` or ``"full"`` (``align.py``); ``None`` takes the fitted setting.
 
         Returns
         -------
-        [B, U, D] aligned features, in ``c``'s dtype.
+        ``Alignment``: the aligned features [B, U, D] in ``c``'s dtype and delta [B, U, 1]
+        (the released code's one scalar per batch is expanded to every pair).
         """
+        if delta_grad not in (None, *CHOICES["delta_grad"]):
+            raise DyGAParameterError(f"delta_grad must be one of {CHOICES['delta_grad']} or None, got {delta_grad!r}")
         c = self._check_batch(c)
         s = self.settings_
         work = c if c.dtype == torch.float64 else c.float()  # distances and softmax in float32 at least
@@ -414,8 +468,9 @@ class DyGA(BaseEstimator):
         mu = einsum(pick, self.means_.to(work), "b u k, u k d -> b u d")
         if s["anchor_space"] == "raw":  # back to the features' own scale (paper)
             mu = mu * scale[:, None] + hi[:, None]
-        delta = alignment_delta(work, mu, lam, scope=s["delta_scope"])
-        return align_features(work, mu, delta).to(c.dtype)
+        delta = alignment_delta(work, mu, lam, scope=s["delta_scope"],
+                                grad=s["delta_grad"] if delta_grad is None else delta_grad)
+        return Alignment(align_features(work, mu, delta).to(c.dtype), delta.expand(*c.shape[:2], 1))
 
     # ------------------------------------------------------------------------------------------
     # persistence
@@ -424,21 +479,22 @@ class DyGA(BaseEstimator):
         """Parameters and fitted state as plain Python values and CPU tensors (``torch.save``-able)."""
         self._check_is_fitted()
         state: dict[str, Any] = {"format": STATE_FORMAT, "params": self.get_params(), "settings": dict(self.settings_),
-                                 "n_split_rounds": self.n_split_rounds_}
+                                 "n_split_rounds": self.n_split_rounds_, "n_merged": self.n_merged_.detach().cpu()}
         state.update({name: getattr(self, name).detach().cpu() for name in _FITTED})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> "DyGA":
         """Restore a fitted model from ``state_dict()``; returns self."""
-        if state.get("format") != STATE_FORMAT:
-            raise DyGAInputError(f"unknown DyGA state format {state.get('format')!r} (this version reads "
+        if state.get("format") not in (1, STATE_FORMAT):
+            raise DyGAInputError(f"unknown DyGA state format {state.get('format')!r} (this version reads 1 to "
                                  f"{STATE_FORMAT})")
         missing = [name for name in _FITTED if name not in state]
         if missing:
             raise DyGAInputError(f"DyGA state lacks {', '.join(missing)}")
         self.set_params(**state["params"])
-        self.settings_ = dict(state["settings"])
+        self.settings_ = {**(FORMAT_1_SETTINGS if state["format"] == 1 else {}), **state["settings"]}
         self.n_split_rounds_ = int(state.get("n_split_rounds", 0))
+        self.n_merged_ = torch.as_tensor(state.get("n_merged", torch.zeros_like(torch.as_tensor(state["n_splits_"]))))
         self._set_fitted(**{name: torch.as_tensor(state[name]) for name in _FITTED})
         return self
 

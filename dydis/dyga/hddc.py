@@ -123,7 +123,8 @@ class Mixture(NamedTuple):
 
     def trimmed(self) -> "Mixture":
         """Drop trailing slots that are invalid in every segment (so E-steps skip them)."""
-        used = int(self.valid.sum(1).max().clamp(min=1))  # sync: sizes the next kernels
+        last = (self.valid * torch.arange(1, self.n_slots + 1, device=self.valid.device)).amax(1)  # holes allowed
+        used = int(last.max().clamp(min=1))  # sync: sizes the next kernels
         return self.map(lambda t: t[:, :used]) if used < self.n_slots else self
 
     def padded(self, n_slots: int) -> "Mixture":

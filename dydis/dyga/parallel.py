@@ -79,7 +79,9 @@ def _concat_em(parts: list[EMResult]) -> EMResult:
 def _concat_reports(parts: list[SelectionReport]) -> SelectionReport:
     return SelectionReport(initial=_concat_em([part.initial for part in parts]),
                            final=_concat_em([part.final for part in parts]),
+                           log_likelihood=torch.cat([part.log_likelihood for part in parts]),
                            n_rounds=max(part.n_rounds for part in parts),
                            n_splits=torch.cat([part.n_splits for part in parts]),
+                           n_merged=torch.cat([part.n_merged for part in parts]),
                            n_filtered=torch.cat([part.n_filtered for part in parts]),
                            child_fits=[fit for part in parts for fit in part.child_fits])

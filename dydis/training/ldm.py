@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dydis.config import TrainLDMConfig, from_dict, to_dict
 from dydis.distributed import Context, autocast_for
 from dydis.dyga import DyGA
+from dydis.dyga.align import DeltaStats
 from dydis.errors import ConfigError
 from dydis.models.config import DiffusionConfig, FeatureExtractorConfig, FSQConfig, UNetConfig
 from dydis.models.ema import EMA
@@ -75,6 +76,12 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank) * 10_000_019 + step
 
 
+def gradient_norm(module: torch.nn.Module) -> float:
+    """Total L2 norm of the gradients of ``module``'s parameters (0 when none has one)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 # ---- anchors -------------------------------------------------------------------------------
 
 
@@ -86,9 +93,15 @@ class Anchors:
         order = torch.tensor([u for units, _ in groups for u in units])
         self._inverse = torch.argsort(order)
 
-    def align(self, c: Tensor, lam: float, tau: float, generator: torch.Generator | None = None) -> Tensor:
-        """Eq. (6) for every unit of c (b, N, D); gradients flow to c."""
-        parts = [dyga.align(c[:, units], lam=lam, tau=tau, generator=generator) for units, dyga in self.groups]
+    def align(self, c: Tensor, lam: float, tau: float, generator: torch.Generator | None = None,
+              delta_grad: str | None = None, stats: DeltaStats | None = None) -> Tensor:
+        """Eq. (6) for every unit of c (b, N, D); gradients flow to c. ``stats`` collects delta."""
+        parts = []
+        for units, dyga in self.groups:
+            out = dyga.alignment(c[:, units], lam=lam, tau=tau, generator=generator, delta_grad=delta_grad)
+            parts.append(out.features)
+            if stats is not None:
+                stats.add(out.delta)
         return torch.cat(parts, 1)[:, self._inverse.to(c.device)]
 
     @property
@@ -159,7 +172,7 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
         if my_units:
             dyga = DyGA(cfg.dyga.mode, n_init=cfg.dyga.n_init, max_components=cfg.dyga.max_components,
                         max_iter=cfg.dyga.max_iter, random_state=cfg.seed * 7919 + round_index)
-            dyga.fit(units[:, my_units].transpose(0, 1).contiguous(), units=my_units)  # each unit's own stream
+            dyga.fit(units[:, my_units], units=my_units)  # each unit's own stream
             groups.append((my_units, dyga))
         task.advance(1)
     if ctx.distributed:
@@ -230,6 +243,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
     logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step) if ctx.is_main else None
     seen, train_seconds, window = 0, 0.0, []
+    delta_stats = DeltaStats()  # eq. (6)'s delta between log lines
     model.train()
     with stop_requests() as stop_requested, progress.task("train-ldm", total=steps, unit="step") as task:
         task.advance(step)
@@ -243,12 +257,15 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
             generator.manual_seed(step_seed(cfg.seed, ctx.rank, step))
             torch.manual_seed(step_seed(cfg.seed + 1, ctx.rank, step))  # nn.Dropout draws from the global generator
             align = None if anchors is None else partial(anchors.align, lam=cfg.dyga.lam, tau=cfg.dyga.tau,
-                                                         generator=generator)
+                                                         generator=generator, delta_grad=cfg.dyga.delta_grad,
+                                                         stats=delta_stats)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
             with autocast():
                 loss = ddp(x, z0, align=align, generator=generator)
             loss.backward()
+            logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == steps
+            grad_norm = gradient_norm(model.feature_extractor) if logging_step else None  # a sync, on log steps only
             # one host sync per step: the loss (averaged over processes) and any stop request agree everywhere
             shared = torch.stack([loss.detach().float(), torch.tensor(float(stop_requested()), device=device)])
             if ctx.distributed:
@@ -269,7 +286,8 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
             if step % cfg.log_every == 0 or step == steps or evaluating:
                 row = {"step": step, "epoch": round(step / per_epoch, 4), "loss": sum(window) / len(window),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": round(seen / train_seconds, 1),
-                       "anchors": "" if anchors is None else " ".join(map(str, anchors.n_components))}
+                       "anchors": "" if anchors is None else " ".join(map(str, anchors.n_components)),
+                       "extractor_grad_norm": grad_norm, **delta_stats.read()}
                 if evaluating:
                     row.update(monitor.evaluate(model, device, step, progress))
                 window = []

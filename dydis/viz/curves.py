@@ -1,5 +1,6 @@
-"""Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, how many
-anchors each unit's DyGA round kept, and the disentanglement scores evaluated while training
+"""Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, the feature
+extractor's gradient norm and what the alignment did (eq. 6's delta), how many anchors each
+unit's DyGA round kept, and the disentanglement scores evaluated while training
 (``--eval-every``), from an ldm artifact's ``train_log.csv`` and ``dyga_rounds.csv`` rows."""
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class RunCurves:
     label: str
     epochs: np.ndarray  # (n_logs,) epoch of each logged loss
     loss: np.ndarray  # (n_logs,) mean training loss since the previous log line
+    grad_norm: np.ndarray  # (n_logs,) the extractor's gradient norm at the log step; NaN where not logged
+    delta_mean: np.ndarray  # (n_logs,) mean delta since the previous log line; NaN without alignment
+    delta_small: np.ndarray  # (n_logs,) share of (sample, unit) pairs with delta < 1e-3; NaN likewise
     round_epochs: np.ndarray  # (n_rounds,) epoch after which each DyGA round ran
     anchors: np.ndarray  # (n_rounds, N) int, anchors per unit of each round; (0, 0) without DyGA
     score_epochs: np.ndarray  # (n_evals,) epoch of each disentanglement evaluation
@@ -26,14 +30,22 @@ class RunCurves:
 
 
 def run_curves(label: str, log_rows: list[dict[str, str]], round_rows: list[dict[str, str]]) -> RunCurves:
-    """Curves from the CSV rows (dicts of strings) of one run's training log and DyGA rounds."""
+    """Curves from the CSV rows (dicts of strings) of one run's training log and DyGA rounds.
+    Logs written before a column existed, and steps without alignment, give NaN there."""
     rounds = [[int(k) for k in r["anchors"].split()] for r in round_rows]
     evaluated = [r for r in log_rows if r.get("eval_seconds")]
     names = [k for k in SCORE_COLUMNS if evaluated and evaluated[0].get(k)]
     return RunCurves(label=label,
                      epochs=np.array([float(r["epoch"]) for r in log_rows]),
                      loss=np.array([float(r["loss"]) for r in log_rows]),
+                     grad_norm=_column(log_rows, "extractor_grad_norm"),
+                     delta_mean=_column(log_rows, "delta_mean"),
+                     delta_small=_column(log_rows, "delta_below_1e-3"),
                      round_epochs=np.array([float(r["epoch"]) for r in round_rows]),
                      anchors=np.array(rounds, dtype=np.int64) if rounds else np.zeros((0, 0), np.int64),
                      score_epochs=np.array([float(r["epoch"]) for r in evaluated]),
                      scores={k: np.array([float(r[k]) for r in evaluated]) for k in names})
+
+
+def _column(rows: list[dict[str, str]], key: str) -> np.ndarray:
+    return np.array([float(r[key]) if r.get(key) else np.nan for r in rows])

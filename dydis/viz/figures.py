@@ -121,34 +121,48 @@ def _class_ticks(classes: int) -> np.ndarray:
 
 
 def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
-    """The loss of every run against the epoch, and for each run with DyGA rounds a map of the
-    anchors per unit (units down, rounds across, the count written in each cell); below, when
-    runs were evaluated while training, one panel per score, one line per run, on [0, 1]."""
+    """First row: the loss of every run against the epoch, the feature extractor's gradient
+    norm, eq. (6)'s mean delta and the share of (sample, unit) pairs with delta < 1e-3 (runs
+    that aligned). Then, for each run with DyGA rounds, a map of the anchors per unit (units
+    down, rounds across, the count written in each cell); last, when runs were evaluated while
+    training, one panel per score, one line per run, on [0, 1]."""
     with_rounds = [run for run in runs if len(run.anchors)]
     score_names = list(dict.fromkeys(name for run in runs for name in run.scores))
-    columns = max(1 + len(with_rounds), len(score_names))
-    fig, axes = plt.subplots(1 + bool(score_names), columns, figsize=(4.2 * columns, 3.4 * (1 + bool(score_names))),
-                             squeeze=False)
-    loss_ax = axes[0, 0]
-    for run in runs:
-        loss_ax.plot(run.epochs, run.loss, lw=1.2, label=run.label)
-    loss_ax.set_xlabel("epoch", fontsize=8)
-    loss_ax.set_ylabel("training loss", fontsize=8)
-    loss_ax.set_title("loss", fontsize=9)
-    loss_ax.tick_params(labelsize=7)
-    loss_ax.legend(fontsize=6)
-    for ax, run in zip(axes[0, 1:], with_rounds):
-        _anchor_map(ax, run)
-    for ax, name in zip(axes[1:, :].flat, score_names):
+    panels = [("loss", "training loss", False), ("grad_norm", "extractor gradient norm", True),
+              ("delta_mean", "mean delta (eq. 6)", False), ("delta_small", "share of delta < 1e-3", False)]
+    columns = max(len(panels), len(with_rounds), len(score_names))
+    n_rows = 1 + bool(with_rounds) + bool(score_names)
+    fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns, 3.4 * n_rows), squeeze=False)
+    for ax, (field, name, log_scale) in zip(axes[0], panels):
         for run in runs:
-            if name in run.scores:
-                ax.plot(run.score_epochs, run.scores[name], lw=1.2, marker="o", markersize=3, label=run.label)
-        ax.set_ylim(-0.02, 1.02)
+            values = getattr(run, field)
+            if np.isfinite(values).any():
+                ax.plot(run.epochs, values, lw=1.2, label=run.label)
         ax.set_xlabel("epoch", fontsize=8)
-        ax.set_title(f"{name} (while training, subsample)", fontsize=9)
+        ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in [*axes[0, 1 + len(with_rounds):], *axes[1:, len(score_names):].flat]:
-        ax.axis("off")
+        if log_scale and ax.lines:
+            ax.set_yscale("log")
+        if ax.lines:
+            ax.legend(fontsize=6)
+    used = [len(panels)]
+    if with_rounds:
+        for ax, run in zip(axes[1], with_rounds):
+            _anchor_map(ax, run)
+        used.append(len(with_rounds))
+    if score_names:
+        for ax, name in zip(axes[-1], score_names):
+            for run in runs:
+                if name in run.scores:
+                    ax.plot(run.score_epochs, run.scores[name], lw=1.2, marker="o", markersize=3, label=run.label)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("epoch", fontsize=8)
+            ax.set_title(f"{name} (while training, subsample)", fontsize=9)
+            ax.tick_params(labelsize=7)
+        used.append(len(score_names))
+    for row, count in zip(axes, used):
+        for ax in row[count:]:
+            ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI + 10)
