@@ -13,7 +13,6 @@ from conftest import InterruptAt
 from dydis.config import TrainLDMConfig, build_config
 from dydis.distributed import Context, launch
 from dydis.errors import ConfigError, TrainingDiverged, TrainingInterrupted
-from dydis.progress import SilentProgress
 from dydis.training import ldm as training
 from dydis.training.batches import BatchStream
 from dydis.training.checkpoint import load_checkpoint

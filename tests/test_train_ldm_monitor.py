@@ -69,7 +69,7 @@ def test_scores_are_logged_on_due_steps_without_changing_training_and_resume_con
     rows = _log(tmp_path / "monitored")
     assert [int(r["step"]) for r in rows] == [2, 4, 5]  # log_every 2 and the last step
     columns = [key for metric in FAST for key in SCORES[metric]]
-    assert list(rows[0])[-len(columns) - 1:] == columns + ["eval_seconds"]
+    assert set(columns + ["eval_seconds"]) <= set(rows[0])  # evaluate's own names, beside the loss columns
     for row in rows:
         assert all(0 <= float(row[k]) <= 1 for k in columns if k != "factor_vae_active")
         assert 0 <= float(row["factor_vae_active"]) <= 6  # kept codes of the tiny preset's 6 units

@@ -207,7 +207,7 @@ def test_a_failed_training_stage_resumes_from_its_checkpoint(copy_of, monkeypatc
     fits, original_fit = [], training.fit
 
     def recorded_fit(ctx, cfg, *args):
-        fits.append(args[-2])  # resume
+        fits.append(args[4])  # resume: fit(ctx, cfg, images, latents, rows, run_dir, resume, ...)
         return original_fit(ctx, cfg, *args)
 
     def broken(*args, **kwargs):
@@ -440,7 +440,7 @@ def test_bad_options_are_one_line_errors(tmp_path, args, expected):
 # ---- sweeps: --sweep and --variant ---------------------------------------------------------------
 
 def names(stages: FakeStages, stage: str) -> list[str]:
-    return [name for called, name, _ in stages.calls if called == stage]
+    return [call[1] for call in stages.calls if call[0] == stage]
 
 
 def stamp(root: Path, ref: str) -> dict:
