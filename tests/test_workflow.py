@@ -82,7 +82,7 @@ def copy_of(built, tmp_path):
 
 # ---- the shipped workflow -------------------------------------------------------------------
 
-@pytest.mark.parametrize("profile, sets", [("smoke", []), ("cpu-study", []),
+@pytest.mark.parametrize("profile, sets", [("smoke", []), ("cpu-study", []), ("cpu-ablation", []),
                                            *[("paper", [f"dataset={d}"]) for d in ("shapes3d", "mpi3d-toy",
                                                                                    "cars3d", "celeba")]])
 def test_shipped_workflow_resolves_for_every_profile(profile, sets):
@@ -99,7 +99,7 @@ def test_shipped_workflow_resolves_for_every_profile(profile, sets):
 
 
 def test_shipped_workflow_has_a_profile_per_scale():
-    assert set(yaml.safe_load(SHIPPED.read_text())["profiles"]) == {"smoke", "cpu-study", "paper"}
+    assert set(yaml.safe_load(SHIPPED.read_text())["profiles"]) == {"smoke", "cpu-study", "cpu-ablation", "paper"}
 
 
 # ---- the real stages: caching, partial runs, lineage ----------------------------------------
