@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.common import DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors
 from dydis.cli.report import summary_table
 from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
@@ -80,7 +80,7 @@ def run(
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     outcomes = []
     for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
-                           until=until, progress=RichProgress()):
+                           until=until, progress=console_progress()):
         if outcome.status == "up to date":
             console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:
