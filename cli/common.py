@@ -6,9 +6,11 @@ import functools
 import logging
 import os
 import sys
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
+from datetime import timedelta
 from typing import Annotated, Callable, Iterator, Optional
 
 import typer
@@ -19,6 +21,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
 
 from dydis.artifacts import ArtifactStore
 from dydis.errors import DydisError, TrainingInterrupted
+from dydis.progress import Progress as ProgressReporter
 
 # Human output (progress, tables, warnings, errors) goes to stderr; stdout carries only the
 # result, so that `DATA=$(dydis prepare-data ...)` captures exactly the artifact path.
@@ -135,8 +138,8 @@ def emit_result(path: Path) -> None:
 
 
 class _RichTask:
-    def __init__(self, progress: Progress, task_id, unit: str):
-        self._progress, self._id, self._unit = progress, task_id, unit
+    def __init__(self, progress: Progress, task_id, description: str, unit: str):
+        self._progress, self._id, self._description, self._unit = progress, task_id, description, unit
 
     def advance(self, amount: float = 1) -> None:
         self._progress.advance(self._id, amount)
@@ -146,6 +149,9 @@ class _RichTask:
 
     def update(self, **fields) -> None:
         self._progress.update(self._id, **fields)
+
+    def log(self, values: dict[str, float]) -> None:
+        self._progress.update(self._id, description=f"{self._description} {_values(values)}")
 
 
 class RichProgress:
@@ -164,4 +170,96 @@ class RichProgress:
             TimeRemainingColumn(),
         ]
         with Progress(*columns, console=console, transient=True) as progress:
-            yield _RichTask(progress, progress.add_task(description, total=total, rate=""), unit)
+            yield _RichTask(progress, progress.add_task(description, total=total, rate=""), description, unit)
+
+
+def _values(values: dict[str, float]) -> str:
+    return " ".join(f"{key} {value:.5g}" for key, value in values.items())
+
+
+def _clock(seconds: float) -> str:
+    return str(timedelta(seconds=round(seconds)))
+
+
+class _PlainTask:
+    """Progress as lines a log file keeps: one at the first advance, one at the end, and in
+    between one every 30 s or every 10 % of the total, whichever is rarer, unless a training
+    loop's log step (`log`) printed one meanwhile. A task refused before its first advance
+    prints nothing, so that bad input stays a one-line error. Rates count from the first
+    advance, so that a resumed loop's catch-up (``advance(step)`` at once) is not taken for speed."""
+
+    EVERY_SECONDS, EVERY_FRACTION = 30.0, 0.1
+
+    def __init__(self, description: str, total: float | None, unit: str, clock: Callable[[], float]):
+        self.description, self.total, self.unit, self._clock = description, total, unit, clock
+        self.done, self._since = 0.0, None  # _since: (time, done) at the first advance
+        self._started = self._last_time = clock()
+        self._last_done = 0.0
+
+    def _say(self, text: str) -> None:
+        console.print(f"{self.description} {text}", highlight=False, soft_wrap=True, markup=False)
+
+    def _count(self) -> str:
+        return f"{self.done:g}/{self.total:g}" if self.total else f"{self.done:g}"
+
+    def _rate(self) -> float | None:
+        if self._since is None or self._clock() <= self._since[0]:
+            return None
+        return (self.done - self._since[1]) / (self._clock() - self._since[0])
+
+    def _eta(self) -> str:
+        rate = self._rate()
+        return _clock((self.total - self.done) / rate) if rate and self.total else "?"
+
+    def _speed(self) -> str:
+        rate = self._rate()
+        return f"{'?' if rate is None else f'{rate:.3g}'} {self.unit}/s eta {self._eta()}"
+
+    def advance(self, amount: float = 1) -> None:
+        self.done += amount
+        now = self._clock()
+        if self._since is None:
+            self._since = (now, self.done)
+            self._say(f"start {self._count()} {self.unit}")
+        if now - self._last_time < self.EVERY_SECONDS:
+            return
+        if self.total and self.done - self._last_done < self.EVERY_FRACTION * self.total:
+            return
+        self._last_time, self._last_done = now, self.done
+        self._say(f"{self._count()} {self.unit} {self._speed()}")
+
+    def update(self, **fields) -> None:
+        self.description = fields.get("description", self.description)
+
+    def log(self, values: dict[str, float]) -> None:
+        self._last_time, self._last_done = self._clock(), self.done
+        self._say(f"{self.unit} {self._count()} {_values(values)} eta {self._eta()}")
+
+    def end(self, failed: bool) -> None:
+        if self._since is None:
+            return
+        elapsed = _clock(self._clock() - self._started)
+        self._say(f"{'stopped at' if failed else 'done'} {self._count()} {self.unit} in {elapsed}")
+
+
+class PlainProgress:
+    """Progress as plain lines on stderr, for a stderr that is a file (nohup, a cluster job,
+    ``2> log``), where a transient bar would leave nothing (a `dydis.progress.Progress`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+
+    @contextmanager
+    def task(self, description: str, total: float | None, unit: str = "it") -> Iterator[_PlainTask]:
+        task = _PlainTask(description, total, unit, self._clock)
+        try:
+            yield task
+        except BaseException:
+            task.end(failed=True)
+            raise
+        task.end(failed=False)
+
+
+def console_progress() -> ProgressReporter:
+    """Bars on a terminal, plain lines when stderr goes to a file."""
+    return RichProgress() if console.is_terminal else PlainProgress()

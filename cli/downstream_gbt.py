@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
-                              RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt,
+                              RootOpt, SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
 from dydis.config import DownstreamGBTConfig, build_config
 
 
@@ -50,7 +50,7 @@ def downstream_gbt(
     flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, reduce=reduce, seeds=seeds,
                  sizes=sizes, test_size=test_size, n_jobs=n_jobs, gpus=gpus, seed=seed)
     cfg = build_config(DownstreamGBTConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     report = json.loads(artifact.file("downstream.json").read_text())
     console.print(_table(report, title=f"{artifact.ref} ({len(report['models'])} representation"
                                        f"{'s' if len(report['models']) > 1 else ''}, mean ± std over "

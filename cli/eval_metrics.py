@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
-                              RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt,
+                              RootOpt, SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
 from dydis.config import EvalMetricsConfig, build_config
 
 
@@ -51,7 +51,7 @@ def eval_metrics(
                  reduce=reduce, n_jobs=n_jobs, gpus=gpus, fid_samples=fid_samples,
                  fid_weights=str(fid_weights) if fid_weights else None, seed=seed)
     cfg = build_config(EvalMetricsConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     summary = artifact.results["metrics"]
     runs = artifact.results["runs"]
     table = Table(title=f"{artifact.ref} ({runs} representation{'s' if runs > 1 else ''})")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RootOpt, SeedOpt, SetOpt, console, console_progress,
                               emit_result, handle_errors, store_for)
 from dydis.config import PrepareDataConfig, build_config
 from dydis.data import DATASETS
@@ -55,7 +55,7 @@ def prepare_data(
     flags = dict(dataset=dataset, source=str(source) if source else None, subset=subset, fraction=fraction,
                  factor_sizes=factor_sizes, grid=grid, crop=crop, compression=compression, workers=workers, seed=seed)
     cfg = build_config(PrepareDataConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     results = artifact.results
     console.print(f"[green]wrote[/] {artifact.ref}: {results['n_images']:,} images, factors "
                   f"{dict(zip(results['factor_names'], results['factor_sizes']))} "

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.common import DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors
 from dydis.cli.report import summary_table
 from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
@@ -55,6 +57,8 @@ def run(
              "baseline:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0; repeat for each variant (the first is "
              "the report's baseline); with --sweep, each variant is run at every grid point. Named <name>-<label>.",
         show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print each stage's plan (up to date, or would run with its resolved "
+                                               "config) and run or write nothing.")] = False,
     root: RootOpt = None,
     runs: RunsOpt = Path("runs"),
     debug: DebugOpt = False,
@@ -78,9 +82,14 @@ def run(
 
     plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
+    if dry_run:
+        for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points,
+                               start=from_, until=until, dry_run=True):
+            _print_plan(outcome)
+        return
     outcomes = []
     for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
-                           until=until, progress=RichProgress()):
+                           until=until, progress=console_progress()):
         if outcome.status == "up to date":
             console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:
@@ -95,6 +104,19 @@ def run(
         console.print(metrics)
     console.print(_times_table(outcomes, plan))
     emit_result(outcomes[-1].artifact.path)
+
+
+def _print_plan(outcome: Outcome) -> None:
+    """One job of a dry run: up to date (its artifact), or would run (its resolved config as
+    YAML, or the earlier stage it waits for)."""
+    if outcome.status == "up to date":
+        console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
+    elif outcome.after is not None:
+        console.print(f"[yellow]{_label(outcome)}:[/] would run (after {outcome.after})", highlight=False)
+    else:
+        console.print(f"[yellow]{_label(outcome)}:[/] would run with", highlight=False)
+        console.print(textwrap.indent(yaml.safe_dump(outcome.config, sort_keys=False), "  "), end="", markup=False,
+                      highlight=False, soft_wrap=True)
 
 
 def _metrics_table(outcomes: list[Outcome]) -> Table:

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RichProgress, RootOpt, RunsOpt,
-                              SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt,
+                              SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
 from dydis.config import TrainLDMConfig, build_config
 from dydis.errors import ConfigError
 
@@ -110,7 +110,7 @@ def train_ldm(
                                  "backbone_dropout": backbone_dropout}))
     cfg = build_config(TrainLDMConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
-                       progress=RichProgress())
+                       progress=console_progress())
     if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
         return
     r = artifact.results

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, RichProgress, RootOpt, SeedOpt, SetOpt, console,
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, RootOpt, SeedOpt, SetOpt, console, console_progress,
                               emit_result, handle_errors, store_for)
 from dydis.config import VisualizeConfig, build_config
 
@@ -60,7 +60,7 @@ def visualize(
     flags = dict(what=what, models=model, data=data, pairs=pairs, images=images, steps=steps, points=points,
                  ddim_steps=ddim_steps, embedding=embedding, batch_size=batch_size, gpus=gpus, seed=seed)
     cfg = build_config(VisualizeConfig, file=config, flags=flags, overrides=set_)
-    artifact = stage.run(cfg, store_for(root), name=name, progress=RichProgress())
+    artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     console.print(f"[green]wrote[/] {artifact.ref}: {artifact.results['figure']} in {artifact.results['seconds']} s",
                   highlight=False)
     emit_result(artifact.path)

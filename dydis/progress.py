@@ -1,7 +1,8 @@
 """How library code reports progress without printing.
 
 Long-running library functions accept a ``Progress``; the CLI passes one that draws rich
-progress bars on stderr, tests and library users get the silent default.
+progress bars on stderr (plain lines when stderr is a file), tests and library users get the
+silent default.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ class Task(Protocol):
 
     def update(self, **fields) -> None: ...
 
+    def log(self, values: dict[str, float]) -> None:
+        """A training loop's log step: the values of its CSV row worth reading while it runs
+        (epoch, loss, images/s); a bar shows them, a log file gets them as one line."""
+
 
 class Progress(Protocol):
     def task(self, description: str, total: float | None, unit: str = "it") -> AbstractContextManager[Task]: ...
@@ -25,6 +30,9 @@ class _SilentTask:
         pass
 
     def update(self, **fields) -> None:
+        pass
+
+    def log(self, values: dict[str, float]) -> None:
         pass
 
 

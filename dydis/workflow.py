@@ -148,14 +148,18 @@ class Point:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one job of the run did: ``ran`` its stage, or found its artifact ``up to date``."""
+    """What one job of the run did: ``ran`` its stage, or found its artifact ``up to date``; in a
+    dry run, what it would do: ``up to date``, or ``would run`` with its resolved config, or
+    with none where an input is an artifact that an earlier job (``after``) would make."""
 
     step: str
     seed: int | None  # the --seeds value of a seeded step's job, else None
-    artifact: Artifact
-    status: Literal["ran", "up to date"]
+    artifact: Artifact | None  # None for a job that would run
+    status: Literal["ran", "up to date", "would run"]
     seconds: float
     point: str | None = None  # the sweep point's label of a job that runs per point, else None
+    config: dict[str, Any] | None = None  # a job that would run: its resolved config, once its inputs exist
+    after: str | None = None  # a job that would run once the job of this step made its input
 
 
 # ---- reading and checking workflow.yaml ---------------------------------------------------
@@ -508,7 +512,7 @@ def find_up_to_date(store: ArtifactStore, stage: str, name: str, wanted: str) ->
 def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | Path | None = None,
             runs_dir: Path = Path("runs"), seeds: tuple[int, ...] = (), points: tuple[Point, ...] = (),
             start: str | None = None, until: str | None = None,
-            progress: Progress | None = None) -> Iterator[Outcome]:
+            progress: Progress | None = None, dry_run: bool = False) -> Iterator[Outcome]:
     """Run the workflow's steps in order, yielding each job's outcome as it finishes.
 
     ``seeds`` runs every seeded step once per seed; a later step's key that takes several
@@ -517,7 +521,8 @@ def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | P
     Steps before ``start`` are not run (their up-to-date artifacts feed the rest; none is an
     error), ``start`` and the steps after it run even when up to date, and nothing after
     ``until`` runs. A stage's error propagates and stops the run; running again skips what
-    finished and resumes training steps from their checkpoints.
+    finished and resumes training steps from their checkpoints. ``dry_run`` runs nothing and
+    writes nothing: each job says whether it is up to date or would run.
     """
     if seeds and not any(step.seeded for step in workflow.steps):
         raise ConfigError("--seeds: no stage is seeded (seeded: true)", workflow.path)
@@ -534,24 +539,34 @@ def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | P
     store = ArtifactStore(root)
     by_id = {step.id: step for step in workflow.steps}
     sweep = _Sweep(workflow, specs, points)
-    made: dict[tuple[str, str | None, int | None], Artifact] = {}  # (step id, point slug, seed) -> artifact
+    # (step id, point slug, seed) -> its artifact, or in a dry run the step id of a job that would make it
+    made: dict[tuple[str, str | None, int | None], Artifact | str] = {}
     for index, step in enumerate(workflow.steps[: last + 1]):
         for point, seed in itertools.product(sweep.jobs(step.id), seeds if step.seeded and seeds else (None,)):
             started = time.perf_counter()
             inputs = {key: [made[(ref, _slug(p), s)] for ref in ids for p in sweep.feeding(step.id, ref, point)
                             for s in _seed_jobs(by_id[ref], seed, seeds)]
                       for key, ids in step.inputs.items()}
+            waiting = [found for found in itertools.chain(*inputs.values()) if isinstance(found, str)]
+            if waiting:  # a dry run: this job's inputs are not made yet, nor is its fingerprint known
+                made[(step.id, _slug(point), seed)] = step.id
+                after = max(waiting, key=list(by_id).index)  # the last of the jobs it waits for
+                yield Outcome(step.id, seed, None, "would run", 0.0, _label(point), after=after)
+                continue
             job = _Job(workflow, step, specs[step.stage], seed, inputs, point)
             forced = start is not None and index >= first
             artifact = None if forced else find_up_to_date(store, step.stage, job.name, job.fingerprint)
             if artifact is None and index < first:
                 raise ConfigError(f"--from {start}: {step.id} has no up-to-date artifact {step.stage}/{job.name}; "
                                   f"start from it (--from {step.id}) or drop --from", workflow.path)
+            if artifact is None and dry_run:
+                made[(step.id, _slug(point), seed)] = step.id
+                yield Outcome(step.id, seed, None, "would run", 0.0, _label(point), config=to_dict(job.cfg))
+                continue
             status = "ran" if artifact is None else "up to date"
             artifact = artifact or job.run(root, runs_dir, progress)
             made[(step.id, _slug(point), seed)] = artifact
-            yield Outcome(step.id, seed, artifact, status, time.perf_counter() - started,
-                          None if point is None else point.label)
+            yield Outcome(step.id, seed, artifact, status, time.perf_counter() - started, _label(point))
 
 
 class _Sweep:
@@ -599,6 +614,10 @@ class _Sweep:
 
 def _slug(point: Point | None) -> str | None:
     return None if point is None else point.slug
+
+
+def _label(point: Point | None) -> str | None:
+    return None if point is None else point.label
 
 
 def _seed_jobs(source: Step, seed: int | None, seeds: tuple[int, ...]) -> tuple[int | None, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -164,6 +165,17 @@ def replace_artifact_file(artifact_dir: Path, name: str, write) -> None:
             user_path.write_text(yaml.safe_dump(user, sort_keys=False))
 
 
+# The plain progress lines of cli/common.py's PlainProgress (CliRunner's stderr is no terminal):
+# start, between (rate or logged values, then eta), end.
+PROGRESS_LINE = re.compile(r".* (start [0-9.e+/]+ \S+|[0-9.e+/]+ \S+ \S+ \S+/s eta \S+|\S+ [0-9.e+/]+ .* eta \S+"
+                           r"|(done|stopped at) [0-9.e+/]+ \S+ in \d+:\d\d:\d\d)")
+
+
+def without_progress(stderr: str) -> list[str]:
+    """stderr's lines but the progress lines: an error stays one line below them."""
+    return [line for line in stderr.strip().splitlines() if not PROGRESS_LINE.fullmatch(line)]
+
+
 class InterruptAt:
     """A ``dydis.progress.Progress`` that sends the process a Ctrl-C when the task named ``task``
     has advanced ``at`` steps (other tasks report nothing)."""
@@ -183,6 +195,9 @@ class InterruptAt:
                     signal.raise_signal(signal.SIGINT)
 
             def update(self, **kwargs):
+                pass
+
+            def log(self, values):
                 pass
 
         self._task = Task()

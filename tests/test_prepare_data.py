@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import (artifact_dirs, decode_row_image, shapes3d_image, truncate, write_dsprites, write_mpi3d,
-                      write_shapes3d)
+                      without_progress, write_shapes3d)
 from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
 from dydis.config import PrepareDataConfig
@@ -167,7 +167,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, store_root, case):
     args, names = _bad_source(tmp_path, case)
     result = runner.invoke(app, ["prepare-data", *args, "--root", str(store_root)])
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = without_progress(result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and names in lines[0], result.stderr
     assert "Traceback" not in result.output and result.stdout == ""
     assert artifact_dirs(store_root) == [] and not (store_root / ".staging").exists()

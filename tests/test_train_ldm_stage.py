@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from conftest import artifact_dirs, replace_artifact_file, write_code_payload
+from conftest import artifact_dirs, replace_artifact_file, without_progress, write_code_payload
 from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
 from dydis.errors import TrainingInterrupted
@@ -44,10 +45,19 @@ def store(tmp_path_factory):
 
 
 def test_train_ldm_publishes_model_anchors_logs_and_samples(store, tmp_path):
-    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--root", str(store),
-                                 "--runs", str(tmp_path)])
+    result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--set", "log_every=3",
+                                 "--root", str(store), "--runs", str(tmp_path)])
     assert result.exit_code == 0, result.output
     path = result.stdout.strip()
+    # stderr is not a terminal here: log steps (every 3 and the last) and the long passes leave plain lines
+    number = r"[0-9.e+-]+"
+    logged = re.findall(rf"^train-ldm step (\d+)/4 epoch ({number}) loss ({number}) images/s ({number}) eta \S+$",
+                        result.stderr, re.MULTILINE)
+    assert [(int(step), float(epoch)) for step, epoch, *_ in logged] == [(3, 0.75), (4, 1.0)]
+    assert all(float(loss) > 0 and float(rate) > 0 for _, _, loss, rate in logged)
+    for line in (r"DyGA round 1: features start \d+/64 img", r"DyGA round 1: features done 64/64 img in \d+:\d\d:\d\d",
+                 r"train-ldm done 4/4 step in \d+:\d\d:\d\d"):
+        assert re.search(rf"^{line}$", result.stderr, re.MULTILINE), line
     manifest = yaml.safe_load(open(f"{path}/manifest.yaml"))
     assert manifest["kind"] == "ldm"
     assert {i["role"]: i["ref"] for i in manifest["inputs"]} == {"data": "prepare-data/synthetic@v1",
@@ -89,7 +99,7 @@ def test_train_ldm_bad_configuration_is_one_line(store, tmp_path, flags, message
         args += ["--data", "prepare-data/synthetic"]
     result = runner.invoke(app, args + flags)
     assert result.exit_code == 2, result.output
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert message in result.stderr and len(without_progress(result.stderr)) == 1
 
 
 def test_train_ldm_resume_must_keep_the_config(store, tmp_path):
@@ -208,14 +218,14 @@ def test_train_ldm_refuses_evaluation_without_varying_factors(store, tmp_path):
                                  str(store), "--runs", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert "the factors ['scale'] take a single value" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(without_progress(result.stderr)) == 1
 
 
 # ---- reliability: model files, run folders, Ctrl-C ---------------------------------------------
 
 def _one_line(result, code: int = 2) -> str:
     assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
+    lines = without_progress(result.stderr)
     assert len(lines) == 1, result.stderr
     return lines[0]
 

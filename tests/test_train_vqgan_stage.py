@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h5py
 import numpy as np
 import torch
@@ -22,8 +24,15 @@ def test_train_vqgan_writes_weights_and_latent_cache(tmp_path):
     data = runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "2,2,2,1,2,2", "--root", root])
     assert data.exit_code == 0, data.output
     result = runner.invoke(app, ["train-vqgan", "--data", "prepare-data/synthetic", "--preset", "tiny", "--max-steps",
-                                 "3", "--batch-size", "8", "--root", root, "--runs", str(tmp_path / "runs"), *SMALL])
+                                 "3", "--batch-size", "8", "--root", root, "--runs", str(tmp_path / "runs"), *SMALL,
+                                 "--set", "log_every=2"])
     assert result.exit_code == 0, result.output
+    # stderr is not a terminal here: the log steps (every 2 and the last) are plain lines
+    number = r"[0-9.e+-]+"
+    logged = re.findall(rf"^train-vqgan step (\d+)/3 epoch {number} l1 ({number}) images/s {number} eta \S+$",
+                        result.stderr, re.MULTILINE)
+    assert [int(step) for step, _ in logged] == [2, 3] and all(float(l1) > 0 for _, l1 in logged)
+    assert re.search(r"^train-vqgan done 3/3 step in \d+:\d\d:\d\d$", result.stderr, re.MULTILINE)
     path = result.stdout.strip()
     manifest = yaml.safe_load(open(f"{path}/manifest.yaml"))
     assert manifest["kind"] == "vqgan" and manifest["inputs"][0]["ref"] == "prepare-data/synthetic@v1"

@@ -60,6 +60,26 @@ def statuses(result) -> dict[str, str]:
     return found
 
 
+def plan_lines(result) -> dict[str, str]:
+    """Stage label -> what a dry run says of it ("up to date (...)", "would run with", ...)."""
+    return dict(line.split(": ", 1) for line in result.stderr.splitlines() if not line.startswith(" "))
+
+
+def dry_runs_after_a_run(workflow: Path, root: Path, refs: dict[str, str], setting: str):
+    """A chain of stages, each fed by the one before, has run: a dry run finds all of them up to
+    date (``refs``: their artifacts), and one with ``--set STAGE.KEY=VALUE`` would run that stage
+    and (after it) the later ones. Returns that second dry run's result."""
+    done = invoke(workflow, root, "--dry-run")
+    assert plan_lines(done) == {step: f"up to date ({ref})" for step, ref in refs.items()}, done.output
+    changed = invoke(workflow, root, "--dry-run", "--set", setting)
+    steps, first = list(refs), list(refs).index(setting.partition(".")[0])
+    assert plan_lines(changed) == {**{step: f"up to date ({refs[step]})" for step in steps[:first]},
+                                   steps[first]: "would run with",
+                                   **{step: f"would run (after {steps[i - 1]})" for i, step in enumerate(steps)
+                                      if i > first}}, changed.output
+    return changed
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, one_thread):
     """TINY run once: (workflow file, store root, the run's result)."""
@@ -130,6 +150,19 @@ def test_a_changed_value_reruns_its_stage_and_the_later_ones(copy_of):
     ldm = yaml.safe_load((root / "train-ldm" / "tiny" / "v2" / "manifest.yaml").read_text())
     assert {i["role"]: i["ref"] for i in ldm["inputs"]} == {"data": "prepare-data/tiny@v1",
                                                            "vqgan": "train-vqgan/tiny@v2"}
+
+
+def test_a_dry_run_of_the_real_stages_writes_nothing_and_knows_what_is_up_to_date(copy_of, tmp_path):
+    workflow, root = copy_of
+    fresh = invoke(workflow, tmp_path / "empty", "--dry-run")
+    assert fresh.exit_code == 0, fresh.output
+    assert plan_lines(fresh) == {"data": "would run with", "vqgan": "would run (after data)",
+                                 "ldm": "would run (after vqgan)"}
+    assert "  dataset: synthetic\n" in fresh.stderr and not (tmp_path / "empty").exists()
+    before = artifact_dirs(root)
+    changed = dry_runs_after_a_run(workflow, root, {"data": "prepare-data/tiny@v1", "vqgan": "train-vqgan/tiny@v1",
+                                                    "ldm": "train-ldm/tiny@v1"}, "vqgan.max_steps=2")
+    assert "  max_steps: 2\n" in changed.stderr and changed.stdout == "" and artifact_dirs(root) == before
 
 
 def test_lineage_runs_from_the_last_artifact_back_to_the_dataset(built):
@@ -378,6 +411,41 @@ def test_execute_yields_each_outcome_in_order(fakes):
     outcomes = list(execute(plan, stages.table(), root=root, runs_dir=root.parent / "runs", until="train"))
     assert [(o.step, o.status, o.artifact.ref) for o in outcomes] == [("make", "ran", "make/toy@v1"),
                                                                       ("train", "ran", "train/toy@v1")]
+
+
+def test_a_dry_run_lists_the_plan_and_writes_nothing(fakes):
+    stages, workflow, root = fakes
+    first = invoke(workflow, root, "--dry-run")
+    assert first.exit_code == 0, first.output
+    assert plan_lines(first) == {"make": "would run with", "train": "would run (after make)",
+                                 "score": "would run (after train)"}
+    config = yaml.safe_load("\n".join(line for line in first.stderr.splitlines() if line.startswith("  ")))
+    assert config == to_dict(FakeConfig(value=1))  # make's resolved config
+    assert first.stdout == "" and stages.calls == [] and not root.exists() and not (root.parent / "runs").exists()
+    assert invoke(workflow, root).exit_code == 0
+    stages.calls.clear()
+    changed = dry_runs_after_a_run(workflow, root, {"make": "make/toy@v1", "train": "train/toy@v1",
+                                                    "score": "score/toy@v1"}, "train.value=2")
+    assert "  value: 2\n" in changed.stderr and "  data: make/toy@v1\n" in changed.stderr
+    markers = sorted(p.relative_to(root.parent) for p in (root.parent / "runs" / ".workflow").rglob("*"))
+    assert stages.calls == [] and markers == [Path("runs/.workflow/train"), Path("runs/.workflow/train/toy.fingerprint")]
+    assert [p.name for p in (root / "train" / "toy").iterdir()] == ["v1"]
+
+
+def test_a_dry_run_of_a_sweep_lists_each_point(swept):
+    stages, workflow, root = swept
+    result = invoke(workflow, root, "--dry-run", "--sweep", "train.value=1,2")
+    assert result.exit_code == 0, result.output
+    assert plan_lines(result) == {"make": "would run with", "train [value=1]": "would run (after make)",
+                                  "train [value=2]": "would run (after make)",
+                                  "score [value=1]": "would run (after train)",
+                                  "score [value=2]": "would run (after train)",
+                                  "compare": "would run (after score)"}
+    assert invoke(workflow, root, "--until", "make").exit_code == 0
+    after = invoke(workflow, root, "--dry-run", "--sweep", "train.value=1,2")
+    labelled = [line for line in after.stderr.splitlines() if line.startswith("train [")]
+    assert labelled == ["train [value=1]: would run with", "train [value=2]: would run with"]
+    assert "  value: 2\n" in after.stderr and stages.calls == [("make", "toy", None)]
 
 
 # ---- validation: one line naming the file and the key ------------------------------------------

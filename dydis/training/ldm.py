@@ -291,7 +291,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
                 if evaluating:
                     row.update(monitor.evaluate(model, device, step, progress))
                 window = []
-                task.update(description=f"train-ldm loss {row['loss']:.4f}")
+                task.log({"epoch": row["epoch"], "loss": row["loss"], "images/s": row["images_per_s"]})
                 if logger is not None:
                     logger.write(row)
             epoch_done = step % per_epoch == 0

@@ -164,7 +164,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
                 rate = seen / (time.perf_counter() - started)
                 row = {"step": step, "epoch": round(stream.epoch_of(step * cfg.accumulate), 4),
                        **{k: float(v) for k, v in totals.items()}, "images_per_s": round(rate, 1)}
-                task.update(description=f"train-vqgan l1 {row['l1']:.4f}")
+                task.log({"epoch": row["epoch"], "l1": row["l1"], "images/s": row["images_per_s"]})
                 if logger is not None:
                     logger.write(row)
             if stop:
