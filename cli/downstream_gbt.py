@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt, RichProgress,
-                              RootOpt, SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NJobsOpt, NameOpt, ReduceOpt, RepsDataOpt,
+                              RepsOpt, RichProgress, RootOpt, SetOpt, console, emit_result, handle_errors, seed_option,
+                              store_for)
 from dydis.config import DownstreamGBTConfig, build_config
 
 
@@ -22,7 +23,7 @@ def downstream_gbt(
     seeds: Annotated[Optional[int], typer.Option(help="Evaluation seeds, counted from --seed [default: 5].",
                                                  show_default=False)] = None,
     sizes: Annotated[Optional[str], typer.Option(
-        help="Comma-separated training sizes; ratios are to the largest [default: 10000,1000,100].",
+        metavar="N,N,...", help="Comma-separated training sizes; ratios are to the largest [default: 10000,1000,100].",
         show_default=False)] = None,
     test_size: Annotated[Optional[int], typer.Option(help="Test points drawn after each training set "
                                                           "[default: 5000].", show_default=False)] = None,
@@ -32,7 +33,7 @@ def downstream_gbt(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(DownstreamGBTConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """GBT sample efficiency (the paper's Table 5): Acc1000/Acc10000 and Acc100/Acc10000.

@@ -32,15 +32,15 @@ def _seeds(text: str | None) -> tuple[int, ...]:
 @handle_errors
 def run(
     workflow: Annotated[Path, typer.Argument(help="The workflow file, e.g. workflow.yaml.")],
-    profile: Annotated[Optional[str], typer.Option(help="Profile to merge over the file, e.g. smoke, cpu-study, "
+    profile: Annotated[Optional[str], typer.Option(metavar="PROFILE", help="Profile to merge over the file, e.g. smoke, cpu-study, "
                                                         "paper [default: the file's `profile`].",
                                                    show_default=False)] = None,
     set_: SetOpt = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="Start at this stage, re-running it and the rest; "
+    from_: Annotated[Optional[str], typer.Option("--from", metavar="STAGE", help="Start at this stage, re-running it and the rest; "
                                                                 "earlier stages must be up to date.",
                                                  show_default=False)] = None,
-    until: Annotated[Optional[str], typer.Option(help="Stop after this stage.", show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Run the seeded stages once per seed, e.g. 42,43,44; later "
+    until: Annotated[Optional[str], typer.Option(metavar="STAGE", help="Stop after this stage.", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(metavar="SEED,SEED,...", help="Run the seeded stages once per seed, e.g. 42,43,44; later "
                                                       "stages evaluate them together (mean ± std).",
                                                  show_default=False)] = None,
     sweep: Annotated[Optional[list[str]], typer.Option(

@@ -8,21 +8,25 @@ from typing import Annotated, Optional
 import typer
 
 from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RichProgress, RootOpt, RunsOpt,
-                              SeedOpt, SetOpt, console, emit_result, handle_errors, store_for)
+                              SetOpt, choices, console, emit_result, handle_errors, seed_option, store_for)
 from dydis.config import TrainVQGANConfig, build_config
+
+Preset = choices(TrainVQGANConfig, "preset")
 
 
 @handle_errors
 def train_vqgan(
-    data: Annotated[Optional[str], typer.Option(help="Dataset artifact: path, stage/name or stage/name@vN.",
+    data: Annotated[Optional[str], typer.Option(metavar="ARTIFACT", help="Dataset artifact: path, stage/name or stage/name@vN.",
                                                 show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Model size: paper, small or tiny [default: paper].",
+    preset: Annotated[Optional[Preset], typer.Option(help="Model size [default: paper].",
                                                   show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimiser updates to train.", show_default=False)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Or: epochs to train.", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Training length in optimiser updates, one batch each; or --epochs.",
+                                                     show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in passes over the data; or --max-steps.",
+                                                    show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per process per micro-batch [default: 128].",
                                                       show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU.", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU [default: 0].", show_default=False)] = None,
     lpips_vgg: Annotated[Optional[Path], typer.Option(help="torchvision vgg16-397923af.pth for LPIPS.",
                                                       show_default=False)] = None,
     lpips_heads: Annotated[Optional[Path], typer.Option(help="LPIPS v0.1 vgg.pth (linear heads).",
@@ -34,7 +38,7 @@ def train_vqgan(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(TrainVQGANConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train the first-stage VQ-GAN (Table 7) and cache the dataset's latents for train-ldm.
