@@ -19,7 +19,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from dydis.artifacts import ArtifactStore
-from dydis.errors import DydisError, TrainingInterrupted
+from dydis.errors import ConfigError, DydisError, TrainingInterrupted
 
 # Human output (progress, tables, warnings, errors) goes to stderr; stdout carries only the
 # result, so that `DATA=$(dydis prepare-data ...)` captures exactly the artifact path.
@@ -103,6 +103,20 @@ class ReadableCommand(typer.core.TyperCommand):
                 element = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
                 param.metavar = label or _METAVARS.get(element, "VALUE")
         return params
+
+
+def seed_list(text: str | None) -> tuple[int, ...] | None:
+    """``--seeds 42,43,44`` -> (42, 43, 44), each seed once (each names its own artifacts or
+    runs); one meaning for every command that takes several seeds. None when not given."""
+    if not text:
+        return None
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers like 42,43,44, found {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct seeds like 42,43,44, found {text!r}")
+    return seeds
 
 
 def show_logs() -> None:

@@ -42,7 +42,7 @@ def eval_metrics(
     Definitions and defaults follow disentanglement_lib (DESIGN section 7). Prints the
     metrics artifact path on stdout and a table on stderr. Example:
 
-      dydis eval-metrics --model train-ldm/shapes3d-s42 --model train-ldm/shapes3d-s43
+      dydis eval-metrics --model train-ldm/shapes3d --model train-ldm/shapes3d-s43
 
       dydis eval-metrics --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
     """

@@ -10,23 +10,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors
+from dydis.cli.common import (DebugOpt, RichProgress, RootOpt, RunsOpt, SetOpt, console, emit_result, handle_errors,
+                              seed_list)
 from dydis.cli.report import summary_table
-from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
-
-
-def _seeds(text: str | None) -> tuple[int, ...]:
-    """``42,43,44`` -> (42, 43, 44); distinct, because each seed names its own artifacts."""
-    if not text:
-        return ()
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--seeds: expected integers like 42,43,44, found {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: each seed once, found {text!r}")
-    return seeds
 
 
 @handle_errors
@@ -79,8 +66,8 @@ def run(
     plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     outcomes = []
-    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
-                           until=until, progress=RichProgress()):
+    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=seed_list(seeds) or (), points=points,
+                           start=from_, until=until, progress=RichProgress()):
         if outcome.status == "up to date":
             console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:

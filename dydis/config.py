@@ -473,19 +473,18 @@ class DownstreamGBTConfig:
     models: tuple[str, ...] = ()  # ldm artifacts: their representation of every dataset row is computed
     reps: tuple[str, ...] = ()  # or: .npz files with `codes` aligned with the dataset rows (one per model)
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each, as eval-metrics
-    seeds: int = 5  # evaluation seeds seed, seed+1, ...; each draws every size from a fresh RandomState
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # evaluation seeds; each draws every size from a fresh RandomState
     sizes: tuple[int, ...] = (10_000, 1_000, 100)  # training sizes, drawn in this order; ratios are to the largest
     test_size: int = 5_000  # fresh test points after each training set (disentanglement_lib)
     backend: Literal["fast", "sklearn"] = "fast"  # the boosted trees, as eval-metrics' dci_backend
     n_jobs: int = -1  # parallel factor fits (joblib); -1 = every core
     batch_size: int = 256  # images per pass when computing a model's representation
     gpus: int = 0  # 0 = CPU; >= 1 = run the models on the GPU
-    seed: int = 0  # the first evaluation seed
 
     def __post_init__(self) -> None:
         check_representation_sources(self)
-        if self.seeds < 1:
-            raise ConfigError(f"config key seeds: expected at least 1 seed, found {self.seeds}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config key seeds: expected one or more distinct seeds, found {list(self.seeds)}")
         if len(set(self.sizes)) < 2 or min(self.sizes) < 1 or len(set(self.sizes)) != len(self.sizes):
             raise ConfigError(f"config key sizes: expected two or more distinct positive training sizes (the ratios "
                               f"compare them), found {list(self.sizes)}")
