@@ -45,7 +45,7 @@ def run(cfg: DownstreamGBTConfig, store: ArtifactStore, *, name: str | None = No
         for representation in codes:
             models.append(downstream_gbt(
                 representation, ground_truth, reduce=cfg.reduce, sizes=cfg.sizes, test_size=cfg.test_size,
-                seeds=cfg.seeds, backend=cfg.backend, n_jobs=cfg.n_jobs,
+                seeds=cfg.seeds, backend=cfg.gbt_backend, n_jobs=cfg.n_jobs,
                 progress=lambda seed, n: task.advance(1)))
     spread, summary = _headline(models)
     reference = models[0].reference
