@@ -31,6 +31,10 @@ def train_vqgan(
                                                       show_default=False)] = None,
     lpips_heads: Annotated[Optional[Path], typer.Option(help="LPIPS v0.1 vgg.pth (linear heads).",
                                                         show_default=False)] = None,
+    lpips: Annotated[Optional[bool], typer.Option("--lpips/--no-lpips", help="The perceptual loss [default: on; "
+                                                  "--preset paper without its weights is an error, the smaller "
+                                                  "presets train without it with a warning].",
+                                                  show_default=False)] = None,
     resume: ResumeOpt = False,
     restart: RestartOpt = False,
     runs: RunsOpt = Path("runs"),
@@ -51,7 +55,7 @@ def train_vqgan(
 
     flags = dict(data=data, preset=preset, max_steps=max_steps, epochs=epochs, batch_size=batch_size, gpus=gpus,
                  lpips_vgg=str(lpips_vgg) if lpips_vgg else None, lpips_heads=str(lpips_heads) if lpips_heads else None,
-                 seed=seed)
+                 lpips=lpips, seed=seed)
     cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
                        progress=RichProgress())

@@ -282,6 +282,7 @@ class TrainVQGANConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     lpips_vgg: str | None = None  # torchvision vgg16-397923af.pth; default: the torch hub cache if present
     lpips_heads: str | None = None  # LPIPS v0.1 vgg.pth (the lpips package's weights/v0.1/vgg.pth)
+    lpips: bool = True  # the perceptual loss; false trains without it on purpose (the paper preset needs it)
     log_every: int = 10
     checkpoint_every: int = 200
     seed: int = 42
