@@ -11,7 +11,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.tree import Tree
 
-from dydis.cli.common import DebugOpt, RootOpt, console, emit_result, handle_errors, store_for
+from dydis.cli.common import DebugOpt, ReadableCommand, RootOpt, console, emit_result, handle_errors, store_for
 
 app = typer.Typer(help="Browse the artifact store.", no_args_is_help=True)
 
@@ -39,7 +39,7 @@ def _summary(artifact) -> str:
     return ", ".join(f"{k}={v:.3g}" for k, v in list(numbers.items())[:3])
 
 
-@app.command("list")
+@app.command("list", cls=ReadableCommand)
 @handle_errors
 def list_(
     root: RootOpt = None,
@@ -66,7 +66,7 @@ def list_(
     console.print(table)
 
 
-@app.command("show")
+@app.command("show", cls=ReadableCommand)
 @handle_errors
 def show(
     ref: Annotated[str, typer.Argument(help="Artifact: a path, stage/name (latest) or stage/name@vN.")],

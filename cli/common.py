@@ -9,9 +9,10 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from datetime import timedelta
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Literal, Optional, get_args, get_type_hints
 
 import typer
 from rich.console import Console
@@ -20,7 +21,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgress
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from dydis.artifacts import ArtifactStore
-from dydis.errors import DydisError, TrainingInterrupted
+from dydis.errors import ConfigError, DydisError, TrainingInterrupted
 from dydis.progress import Progress as ProgressReporter
 
 # Human output (progress, tables, warnings, errors) goes to stderr; stdout carries only the
@@ -32,31 +33,93 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE
                                                      show_default=False)]
 RootOpt = Annotated[Optional[Path], typer.Option("--root", help="Artifact store root [default: $DYDIS_ARTIFACTS or ./artifacts].",
                                                  show_default=False)]
-NameOpt = Annotated[Optional[str], typer.Option("--name", help="Artifact name [default: the dataset name].",
+NameOpt = Annotated[Optional[str], typer.Option("--name", metavar="NAME", help="Artifact name [default: the dataset name].",
                                                 show_default=False)]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.", show_default=False)]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks (also DYDIS_DEBUG=1).")]
 
 # The commands that score representations of a dataset's rows (eval-metrics, downstream-gbt).
-RepsDataOpt = Annotated[Optional[str], typer.Option("--data", help="Dataset artifact the representations belong to.",
+RepsDataOpt = Annotated[Optional[str], typer.Option("--data", metavar="ARTIFACT", help="Dataset artifact the representations belong to.",
                                                     show_default=False)]
 RepsOpt = Annotated[Optional[list[Path]], typer.Option(
     "--reps", help="An .npz with `codes` (n_rows, n_codes) or (n_rows, N, D) in dataset row order; repeat for "
                    "several models/seeds (mean +- std).", show_default=False)]
 ModelsOpt = Annotated[Optional[list[str]], typer.Option(
-    "--model", help="An ldm artifact: its representation of every dataset row is computed (and stored); repeat "
+    "--model", metavar="ARTIFACT", help="An ldm artifact: its representation of every dataset row is computed (and stored); repeat "
                     "for several seeds (mean +- std).", show_default=False)]
-GpusOpt = Annotated[Optional[int], typer.Option("--gpus", help="0 = CPU; >= 1 runs the models on the GPU.",
+GpusOpt = Annotated[Optional[int], typer.Option("--gpus", help="0 = CPU; >= 1 runs the models on the GPU [default: 0].",
                                                 show_default=False)]
-ReduceOpt = Annotated[Optional[str], typer.Option("--reduce", help="Vector units to scalars: pca (paper), scalar or none.",
-                                                  show_default=False)]
-NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores.", show_default=False)]
+ReduceOpt = Annotated[Optional[Literal["pca", "scalar", "none"]], typer.Option(
+    "--reduce", help="Vector units to scalars; pca is the paper's [default: pca].", show_default=False)]
+NJobsOpt = Annotated[Optional[int], typer.Option("--n-jobs", help="Parallel fits; -1 = all cores [default: -1].", show_default=False)]
 
 # The training commands' run folder, RUNS/<stage>/<name> (dydis.training.runs).
 RunsOpt = Annotated[Path, typer.Option(help="Work directory for checkpoints and logs.")]
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the checkpoint in the run folder (same config).")]
 RestartOpt = Annotated[bool, typer.Option(help="Delete the run folder's checkpoint and logs and start over, once "
                                                "every check has passed.")]
+
+
+def config_default(config_class: type, key: str) -> Any:
+    """A config field's default, so that --help shows the value the command really uses."""
+    return next(f.default for f in fields(config_class) if f.name == key)
+
+
+def choices(config_class: type, key: str) -> Any:
+    """The Literal type of a config field: --help lists its values and a bad one is refused as a
+    usage error, while the config stays the one place that names them."""
+    annotation = next(f.type for f in fields(config_class) if f.name == key)
+    if isinstance(annotation, str):  # `from __future__ import annotations`
+        annotation = get_type_hints(config_class)[key]
+    values = [a for a in get_args(annotation) if a is not None and a is not type(None)]
+    if len(values) == 1 and get_args(values[0]):  # Literal[...] | None
+        values = list(get_args(values[0]))
+    if not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{config_class.__name__}.{key} is not a Literal of strings: {annotation}")
+    return Literal[tuple(values)]
+
+
+def seed_option(config_class: type) -> Any:
+    """--seed with the command's own default (42 for training, 0 elsewhere) in its help."""
+    return Annotated[Optional[int], typer.Option(
+        "--seed", metavar="N", help=f"Random seed [default: {config_default(config_class, 'seed')}].",
+        show_default=False)]
+
+
+_METAVARS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH"}
+
+
+class ReadableCommand(typer.core.TyperCommand):
+    """A command whose --help names values in words (``N``, ``PATH``, ``[paper|small|tiny]``)
+    instead of typer's Python types (``<int>``, ``<list[Path]>``), for every option that names
+    no metavar of its own."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if not hasattr(param, "type_descriptor"):  # click's own --help
+                continue
+            desc = param.type_descriptor
+            label = "[" + "|".join(str(c) for c in desc.choices) + "]" if desc.is_choice else None
+            if param.param_type_name == "argument":  # its NAME says what it is; show only a fixed set
+                param.display_type_rich = lambda ctx, label=label: label
+            elif param.metavar is None and not param.is_flag:
+                element = get_args(desc.annotation)[0] if desc.is_list else desc.annotation
+                param.metavar = label or _METAVARS.get(element, "VALUE")
+        return params
+
+
+def seed_list(text: str | None) -> tuple[int, ...] | None:
+    """``--seeds 42,43,44`` -> (42, 43, 44), each seed once (each names its own artifacts or
+    runs); one meaning for every command that takes several seeds. None when not given."""
+    if not text:
+        return None
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds: expected integers like 42,43,44, found {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds: expected distinct seeds like 42,43,44, found {text!r}")
+    return seeds
 
 
 def show_logs() -> None:

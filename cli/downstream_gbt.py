@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt,
-                              RootOpt, SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NJobsOpt, NameOpt, ReduceOpt, RepsDataOpt,
+                              RepsOpt, RootOpt, SetOpt, console, console_progress, emit_result, handle_errors, seed_list,
+                              store_for)
 from dydis.config import DownstreamGBTConfig, build_config
 
 
@@ -19,10 +20,11 @@ def downstream_gbt(
     data: RepsDataOpt = None,
     reps: RepsOpt = None,
     reduce: ReduceOpt = None,
-    seeds: Annotated[Optional[int], typer.Option(help="Evaluation seeds, counted from --seed [default: 5].",
-                                                 show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(
+        metavar="SEED,SEED,...", help="Evaluation seeds, each drawing every training and test set from its own "
+                                      "RandomState, e.g. 0,1,2 [default: 0,1,2,3,4].", show_default=False)] = None,
     sizes: Annotated[Optional[str], typer.Option(
-        help="Comma-separated training sizes; ratios are to the largest [default: 10000,1000,100].",
+        metavar="N,N,...", help="Comma-separated training sizes; ratios are to the largest [default: 10000,1000,100].",
         show_default=False)] = None,
     test_size: Annotated[Optional[int], typer.Option(help="Test points drawn after each training set "
                                                           "[default: 5000].", show_default=False)] = None,
@@ -32,7 +34,6 @@ def downstream_gbt(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """GBT sample efficiency (the paper's Table 5): Acc1000/Acc10000 and Acc100/Acc10000.
@@ -41,14 +42,14 @@ def downstream_gbt(
     sampling, with test rows never in the training set. Prints the downstream artifact path on
     stdout and a table on stderr. Example:
 
-      dydis downstream-gbt --model train-ldm/shapes3d-s42 --model train-ldm/shapes3d-s43
+      dydis downstream-gbt --model train-ldm/shapes3d --model train-ldm/shapes3d-s43
 
       dydis downstream-gbt --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
     """
     from dydis.stages import downstream_gbt as stage  # deferred: imports scikit-learn
 
-    flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, reduce=reduce, seeds=seeds,
-                 sizes=sizes, test_size=test_size, n_jobs=n_jobs, gpus=gpus, seed=seed)
+    flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, reduce=reduce,
+                 seeds=seed_list(seeds), sizes=sizes, test_size=test_size, n_jobs=n_jobs, gpus=gpus)
     cfg = build_config(DownstreamGBTConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     report = json.loads(artifact.file("downstream.json").read_text())

@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NameOpt, NJobsOpt, ReduceOpt, RepsDataOpt, RepsOpt,
-                              RootOpt, SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, ModelsOpt, NJobsOpt, NameOpt, ReduceOpt, RepsDataOpt,
+                              RepsOpt, RootOpt, SetOpt, console, console_progress, emit_result, handle_errors, seed_option,
+                              store_for)
 from dydis.config import EvalMetricsConfig, build_config
 
 
@@ -19,7 +20,7 @@ def eval_metrics(
     data: RepsDataOpt = None,
     reps: RepsOpt = None,
     metrics: Annotated[Optional[str], typer.Option(
-        help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad,fid [default: all that apply; fid "
+        metavar="METRIC,METRIC,...", help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad,fid [default: all that apply; fid "
              "with --model when the Inception weights are here].",
         show_default=False)] = None,
     reduce: ReduceOpt = None,
@@ -33,7 +34,7 @@ def eval_metrics(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(EvalMetricsConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compute FactorVAE, DCI, MIG, SAP, Modularity/Explicitness, InfoMEC (and TAD on CelebA).
@@ -41,7 +42,7 @@ def eval_metrics(
     Definitions and defaults follow disentanglement_lib (DESIGN section 7). Prints the
     metrics artifact path on stdout and a table on stderr. Example:
 
-      dydis eval-metrics --model train-ldm/shapes3d-s42 --model train-ldm/shapes3d-s43
+      dydis eval-metrics --model train-ldm/shapes3d --model train-ldm/shapes3d-s43
 
       dydis eval-metrics --data prepare-data/shapes3d --reps seed0.npz --reps seed1.npz
     """

@@ -9,7 +9,7 @@ import typer
 
 from dydis import __version__
 from dydis.cli import artifacts
-from dydis.cli.common import print_error, run_folder_help, show_logs
+from dydis.cli.common import ReadableCommand, print_error, run_folder_help, show_logs
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
@@ -24,7 +24,6 @@ app = typer.Typer(
     help="Disentangled representation learning with latent diffusion, Dynamic Gaussian Anchoring and "
          "Skip Dropout. Each stage writes a versioned artifact and prints its path on stdout.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -43,14 +42,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     show_logs()
 
 
-app.command("prepare-data")(prepare_data)
-app.command("train-vqgan", epilog=run_folder_help("train-vqgan"))(train_vqgan)
-app.command("train-ldm", epilog=run_folder_help("train-ldm"))(train_ldm)
-app.command("eval-metrics")(eval_metrics)
-app.command("downstream-gbt")(downstream_gbt)
-app.command("visualize")(visualize)
-app.command("report")(report)
-app.command("run")(run)
+app.command("prepare-data", cls=ReadableCommand)(prepare_data)
+app.command("train-vqgan", epilog=run_folder_help("train-vqgan"), cls=ReadableCommand)(train_vqgan)
+app.command("train-ldm", epilog=run_folder_help("train-ldm"), cls=ReadableCommand)(train_ldm)
+app.command("eval-metrics", cls=ReadableCommand)(eval_metrics)
+app.command("downstream-gbt", cls=ReadableCommand)(downstream_gbt)
+app.command("visualize", cls=ReadableCommand)(visualize)
+app.command("report", cls=ReadableCommand)(report)
+app.command("run", cls=ReadableCommand)(run)
 
 app.add_typer(artifacts.app, name="artifacts")
 

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RootOpt, SeedOpt, SetOpt, console, console_progress,
-                              emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RootOpt, SetOpt, choices, console, console_progress,
+                              emit_result, handle_errors, seed_option, store_for)
 from dydis.config import PrepareDataConfig, build_config
 from dydis.data import DATASETS
 from dydis.stages import prepare_data as stage
@@ -26,22 +26,28 @@ Examples:
   DATA=$(dydis prepare-data --dataset mpi3d-toy --source mpi3d_toy.npz)
 """
 
+Dataset = choices(PrepareDataConfig, "dataset")
+Crop = choices(PrepareDataConfig, "crop")
+Compression = choices(PrepareDataConfig, "compression")
+
 
 @handle_errors
 def prepare_data(
-    dataset: Annotated[Optional[str], typer.Option(help=f"One of: {', '.join(DATASETS)} [default: synthetic].",
+    dataset: Annotated[Optional[Dataset], typer.Option(help="The dataset [default: synthetic].",
                                                    show_default=False)] = None,
     source: Annotated[Optional[Path], typer.Option(help="The original download (file or folder).",
                                                    show_default=False)] = None,
     subset: Annotated[Optional[int], typer.Option(help="Keep N seeded random rows.", show_default=False)] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Keep this fraction of the rows.", show_default=False)] = None,
-    factor_sizes: Annotated[Optional[str], typer.Option(
+    factor_sizes: Annotated[Optional[str], typer.Option(metavar="N,N,...",
         help="Reduced factor grid for mpi3d-*/cars3d files in the real format, e.g. 2,2,2,3,3,4,4.",
         show_default=False)] = None,
-    grid: Annotated[Optional[str], typer.Option(help="Synthetic: factor sizes to render, e.g. 4,4,4,3,4,5.",
+    grid: Annotated[Optional[str], typer.Option(metavar="N,N,...", help="Synthetic: factor sizes to render, e.g. 4,4,4,3,4,5.",
                                                 show_default=False)] = None,
-    crop: Annotated[Optional[str], typer.Option(help="CelebA crop: diffae or center148.", show_default=False)] = None,
-    compression: Annotated[Optional[str], typer.Option(help="data.h5 image compression: none, lzf or gzip.",
+    crop: Annotated[Optional[Crop], typer.Option(
+        help="CelebA crop: Diff-AE's box or a central 148 crop [default: diffae].", show_default=False)] = None,
+    compression: Annotated[Optional[Compression], typer.Option(
+        help="data.h5 image compression [default: none].",
                                                        show_default=False)] = None,
     workers: Annotated[Optional[int], typer.Option(help="CelebA decoding processes [default: all cores].",
                                                    show_default=False)] = None,
@@ -49,7 +55,7 @@ def prepare_data(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(PrepareDataConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     flags = dict(dataset=dataset, source=str(source) if source else None, subset=subset, fraction=fraction,

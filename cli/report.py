@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, RootOpt, SeedOpt, SetOpt, console, emit_result,
-                              handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, RootOpt, SetOpt, console, emit_result, handle_errors, seed_option,
+                              store_for)
 from dydis.config import ReportConfig, build_config
 
 
@@ -20,16 +20,16 @@ def report(
     downstream: Annotated[Optional[list[str]], typer.Option(
         "--downstream", metavar="REF", help="A downstream-gbt artifact, or a glob of them, as --metrics. Repeatable.",
         show_default=False)] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="The variant the others are compared with [default: the "
+    baseline: Annotated[Optional[str], typer.Option(metavar="VARIANT", help="The variant the others are compared with [default: the "
                                                          "first one read].", show_default=False)] = None,
     bootstrap: Annotated[Optional[int], typer.Option(help="Bootstrap resamples per interval [default: 10000].",
                                                      show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
-    name: Annotated[Optional[str], typer.Option(help="Artifact name [default: what the inputs' names share].",
+    name: Annotated[Optional[str], typer.Option(metavar="NAME", help="Artifact name [default: what the inputs' names share].",
                                                 show_default=False)] = None,
-    seed: SeedOpt = None,
+    seed: seed_option(ReportConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Compare the variants of a sweep: mean ± std per variant, differences to the baseline.

@@ -12,37 +12,24 @@ import yaml
 from rich.markup import escape
 from rich.table import Table
 
-from dydis.cli.common import DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors
+from dydis.cli.common import (DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors,
+                              seed_list)
 from dydis.cli.report import summary_table
-from dydis.errors import ConfigError
 from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
-
-
-def _seeds(text: str | None) -> tuple[int, ...]:
-    """``42,43,44`` -> (42, 43, 44); distinct, because each seed names its own artifacts."""
-    if not text:
-        return ()
-    try:
-        seeds = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--seeds: expected integers like 42,43,44, found {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"--seeds: each seed once, found {text!r}")
-    return seeds
 
 
 @handle_errors
 def run(
     workflow: Annotated[Path, typer.Argument(help="The workflow file, e.g. workflow.yaml.")],
-    profile: Annotated[Optional[str], typer.Option(help="Profile to merge over the file, e.g. smoke, cpu-study, "
+    profile: Annotated[Optional[str], typer.Option(metavar="PROFILE", help="Profile to merge over the file, e.g. smoke, cpu-study, "
                                                         "paper [default: the file's `profile`].",
                                                    show_default=False)] = None,
     set_: SetOpt = None,
-    from_: Annotated[Optional[str], typer.Option("--from", help="Start at this stage, re-running it and the rest; "
+    from_: Annotated[Optional[str], typer.Option("--from", metavar="STAGE", help="Start at this stage, re-running it and the rest; "
                                                                 "earlier stages must be up to date.",
                                                  show_default=False)] = None,
-    until: Annotated[Optional[str], typer.Option(help="Stop after this stage.", show_default=False)] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Run the seeded stages once per seed, e.g. 42,43,44; later "
+    until: Annotated[Optional[str], typer.Option(metavar="STAGE", help="Stop after this stage.", show_default=False)] = None,
+    seeds: Annotated[Optional[str], typer.Option(metavar="SEED,SEED,...", help="Run the seeded stages once per seed, e.g. 42,43,44; later "
                                                       "stages evaluate them together (mean ± std).",
                                                  show_default=False)] = None,
     sweep: Annotated[Optional[list[str]], typer.Option(
@@ -83,13 +70,13 @@ def run(
     plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     if dry_run:
-        for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points,
+        for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=seed_list(seeds) or (), points=points,
                                start=from_, until=until, dry_run=True):
             _print_plan(outcome)
         return
     outcomes = []
-    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=_seeds(seeds), points=points, start=from_,
-                           until=until, progress=console_progress()):
+    for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=seed_list(seeds) or (), points=points,
+                           start=from_, until=until, progress=console_progress()):
         if outcome.status == "up to date":
             console.print(f"{_label(outcome)}: up to date ({outcome.artifact.ref})", highlight=False)
         else:

@@ -8,9 +8,13 @@ from typing import Annotated, Any, Optional
 import typer
 
 from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt,
-                              SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
-from dydis.config import TrainLDMConfig, build_config
+                              SetOpt, choices, console, console_progress, emit_result, handle_errors, seed_option, store_for)
+from dydis.config import DyGARunConfig, TrainLDMConfig, build_config
 from dydis.errors import ConfigError
+
+Preset = choices(TrainLDMConfig, "preset")
+DyGAMode = choices(DyGARunConfig, "mode")
+Quantizer = choices(TrainLDMConfig, "quantizer")
 
 
 def _levels(text: str | None) -> Any:
@@ -35,39 +39,43 @@ def _nested(**groups: dict[str, Any]) -> dict[str, Any]:
 
 @handle_errors
 def train_ldm(
-    dataset: Annotated[Optional[str], typer.Option(help="Dataset name: uses the latest prepare-data/NAME and "
+    dataset: Annotated[Optional[str], typer.Option(metavar="NAME", help="Dataset name: uses the latest prepare-data/NAME and "
                                                         "train-vqgan/NAME and the paper's settings for it.",
                                                    show_default=False)] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset artifact: path, stage/name or stage/name@vN.",
+    data: Annotated[Optional[str], typer.Option(metavar="ARTIFACT", help="Dataset artifact: path, stage/name or stage/name@vN.",
                                                 show_default=False)] = None,
-    vqgan: Annotated[Optional[str], typer.Option(help="vqgan artifact trained on that dataset [default: "
+    vqgan: Annotated[Optional[str], typer.Option(metavar="ARTIFACT", help="vqgan artifact trained on that dataset [default: "
                                                       "train-vqgan/<data name>].", show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Model size: paper, small or tiny [default: paper].",
+    preset: Annotated[Optional[Preset], typer.Option(help="Model size [default: paper].",
                                                   show_default=False)] = None,
     latent_units: Annotated[Optional[int], typer.Option(help="N, the number of latent units [default: 20].",
                                                         show_default=False)] = None,
     dyga: Annotated[Optional[bool], typer.Option("--dyga/--no-dyga", help="Dynamic Gaussian Anchoring "
                                                  "[default: on]; --no-dyga = --quantizer none.",
                                                  show_default=False)] = None,
-    dyga_mode: Annotated[Optional[str], typer.Option(help="paper or official (the released code's DyGA).",
+    dyga_mode: Annotated[Optional[DyGAMode], typer.Option(
+        help="The paper's DyGA or the released code's (official) [default: paper].",
                                                      show_default=False)] = None,
     dyga_every: Annotated[Optional[int], typer.Option(help="r: epochs between anchor rounds [default: 1; cars3d 5].",
                                                       show_default=False)] = None,
-    quantizer: Annotated[Optional[str], typer.Option(help="dyga, fsq or none.", show_default=False)] = None,
+    quantizer: Annotated[Optional[Quantizer], typer.Option(
+        help="The latent units' quantizer [default: dyga].", show_default=False)] = None,
     lambda_: Annotated[Optional[float], typer.Option("--lambda", help="DyGA alignment factor lambda [default: 0.1].",
                                                      show_default=False)] = None,
     skip_dropout: Annotated[Optional[float], typer.Option(help="Skip Dropout rate; 0 = off [default: 0.2].",
                                                           show_default=False)] = None,
-    skip_dropout_levels: Annotated[Optional[str], typer.Option(help="code (the authors' levels), paper, or ds values "
+    skip_dropout_levels: Annotated[Optional[str], typer.Option(metavar="[code|paper|DS,DS...]", help="code (the authors' levels), paper, or ds values "
                                                                     "like 1,2 [default: code].",
                                                                show_default=False)] = None,
     backbone_dropout: Annotated[Optional[float], typer.Option(help="Backbone dropout rate (Table 12) [default: 0].",
                                                               show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimiser steps to train.", show_default=False)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Or: epochs to train.", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Training length in optimiser updates, one batch each; or --epochs.",
+                                                     show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in passes over the data; or --max-steps.",
+                                                    show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per process [default: 512; celeba 64].",
                                                       show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU.", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU [default: 0].", show_default=False)] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="Every N steps and at the last, FactorVAE / DCI / MIG of the "
                                                            "extractor on a fixed subsample (--set eval_rows=2000, "
                                                            "eval_metrics) into train_log.csv and disentanglement.png; "
@@ -82,7 +90,7 @@ def train_ldm(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(TrainLDMConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train the latent diffusion model with the feature extractor, DyGA and Skip Dropout.

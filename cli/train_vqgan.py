@@ -8,25 +8,33 @@ from typing import Annotated, Optional
 import typer
 
 from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt,
-                              SeedOpt, SetOpt, console, console_progress, emit_result, handle_errors, store_for)
+                              SetOpt, choices, console, console_progress, emit_result, handle_errors, seed_option, store_for)
 from dydis.config import TrainVQGANConfig, build_config
+
+Preset = choices(TrainVQGANConfig, "preset")
 
 
 @handle_errors
 def train_vqgan(
-    data: Annotated[Optional[str], typer.Option(help="Dataset artifact: path, stage/name or stage/name@vN.",
+    data: Annotated[Optional[str], typer.Option(metavar="ARTIFACT", help="Dataset artifact: path, stage/name or stage/name@vN.",
                                                 show_default=False)] = None,
-    preset: Annotated[Optional[str], typer.Option(help="Model size: paper, small or tiny [default: paper].",
+    preset: Annotated[Optional[Preset], typer.Option(help="Model size [default: paper].",
                                                   show_default=False)] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Optimiser updates to train.", show_default=False)] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Or: epochs to train.", show_default=False)] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Training length in optimiser updates, one batch each; or --epochs.",
+                                                     show_default=False)] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in passes over the data; or --max-steps.",
+                                                    show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per process per micro-batch [default: 128].",
                                                       show_default=False)] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU.", show_default=False)] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="0 = CPU; N = one DDP process per GPU [default: 0].", show_default=False)] = None,
     lpips_vgg: Annotated[Optional[Path], typer.Option(help="torchvision vgg16-397923af.pth for LPIPS.",
                                                       show_default=False)] = None,
     lpips_heads: Annotated[Optional[Path], typer.Option(help="LPIPS v0.1 vgg.pth (linear heads).",
                                                         show_default=False)] = None,
+    lpips: Annotated[Optional[bool], typer.Option("--lpips/--no-lpips", help="The perceptual loss [default: on; "
+                                                  "--preset paper without its weights is an error, the smaller "
+                                                  "presets train without it with a warning].",
+                                                  show_default=False)] = None,
     resume: ResumeOpt = False,
     restart: RestartOpt = False,
     runs: RunsOpt = Path("runs"),
@@ -34,7 +42,7 @@ def train_vqgan(
     set_: SetOpt = None,
     root: RootOpt = None,
     name: NameOpt = None,
-    seed: SeedOpt = None,
+    seed: seed_option(TrainVQGANConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Train the first-stage VQ-GAN (Table 7) and cache the dataset's latents for train-ldm.
@@ -47,7 +55,7 @@ def train_vqgan(
 
     flags = dict(data=data, preset=preset, max_steps=max_steps, epochs=epochs, batch_size=batch_size, gpus=gpus,
                  lpips_vgg=str(lpips_vgg) if lpips_vgg else None, lpips_heads=str(lpips_heads) if lpips_heads else None,
-                 seed=seed)
+                 lpips=lpips, seed=seed)
     cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
                        progress=console_progress())

@@ -6,31 +6,36 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, RootOpt, SeedOpt, SetOpt, console, console_progress,
-                              emit_result, handle_errors, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, RootOpt, SetOpt, choices, console, console_progress,
+                              emit_result, handle_errors, seed_option, store_for)
 from dydis.config import VisualizeConfig, build_config
+
+Figure = choices(VisualizeConfig, "what")
+Embedding = choices(VisualizeConfig, "embedding")
 
 
 @handle_errors
 def visualize(
-    what: Annotated[Optional[str], typer.Argument(help="interchange, attention, interpolate, units or curves.",
+    what: Annotated[Optional[Figure], typer.Argument(metavar="WHAT", help="The figure.",
                                                   show_default=False)] = None,
     model: Annotated[Optional[list[str]], typer.Option(
-        "--model", help="ldm artifact: path, stage/name or stage/name@vN; repeat to compare runs (curves).",
+        "--model", metavar="ARTIFACT", help="ldm artifact: path, stage/name or stage/name@vN; repeat to compare runs (curves).",
         show_default=False)] = None,
-    data: Annotated[Optional[str], typer.Option(help="Dataset artifact to take images from [default: the model's "
+    data: Annotated[Optional[str], typer.Option(metavar="ARTIFACT", help="Dataset artifact to take images from [default: the model's "
                                                      "training data].", show_default=False)] = None,
     pairs: Annotated[Optional[int], typer.Option(help="Source/target pairs (interchange, interpolate) [default: 4].",
                                                  show_default=False)] = None,
     images: Annotated[Optional[int], typer.Option(help="Images, one row each (attention) [default: 4].",
                                                   show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Points on each interpolation line [default: 8].",
+    steps: Annotated[Optional[int], typer.Option(help="Images on each interpolation line between two images, both ends included "
+                                                      "(not sampler steps) [default: 8].",
                                                  show_default=False)] = None,
     points: Annotated[Optional[int], typer.Option(help="Images embedded in the units plot [default: 2000].",
                                                   show_default=False)] = None,
-    ddim_steps: Annotated[Optional[int], typer.Option(help="DDIM steps, eta 0 [default: 100].",
+    ddim_steps: Annotated[Optional[int], typer.Option(help="DDIM sampler steps per generated image, eta 0 [default: 100].",
                                                       show_default=False)] = None,
-    embedding: Annotated[Optional[str], typer.Option(help="Units plot: auto (PaCMAP if installed), pacmap or pca.",
+    embedding: Annotated[Optional[Embedding], typer.Option(
+        help="Units plot: auto = PaCMAP if installed, else PCA [default: auto].",
                                                      show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per DDIM batch [default: 64].",
                                                       show_default=False)] = None,
@@ -38,9 +43,9 @@ def visualize(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
-    name: Annotated[Optional[str], typer.Option(help="Artifact name [default: <model name>-<what>].",
+    name: Annotated[Optional[str], typer.Option(metavar="NAME", help="Artifact name [default: <model name>-<what>].",
                                                 show_default=False)] = None,
-    seed: SeedOpt = None,
+    seed: seed_option(VisualizeConfig) = None,
     debug: DebugOpt = False,
 ) -> None:
     """Draw a figure of the paper from an ldm artifact into a viz artifact (WHAT.png).

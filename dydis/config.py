@@ -10,6 +10,7 @@ stack trace from deep inside a stage.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import types
 import typing
@@ -104,6 +105,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from a plain dict, checking every key and type."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, found {data!r}")
+    data = _renamed(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -112,6 +114,21 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown config key {prefix}{unknown[0]} (known keys: {known})")
     values = {name: _coerce(hints[name], data[name], prefix + name) for name in fields if name in data}
     return cls(**values)
+
+
+def _renamed(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """A key a config renamed (its ``renamed_keys``, old -> new) still works for one release,
+    with a one-line warning, so existing config files and --set lines keep running."""
+    out = dict(data)
+    for old, new in getattr(cls, "renamed_keys", {}).items():
+        if old in out:
+            if new in out:
+                raise ConfigError(f"config keys {prefix}{old} and {prefix}{new}: one setting under two names; "
+                                  f"keep {prefix}{new}")
+            logging.getLogger("dydis").warning("config key %s%s is renamed %s%s; the old name goes in the next "
+                                               "release", prefix, old, prefix, new)
+            out[new] = out.pop(old)
+    return out
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -265,6 +282,7 @@ class TrainVQGANConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     lpips_vgg: str | None = None  # torchvision vgg16-397923af.pth; default: the torch hub cache if present
     lpips_heads: str | None = None  # LPIPS v0.1 vgg.pth (the lpips package's weights/v0.1/vgg.pth)
+    lpips: bool = True  # the perceptual loss; false trains without it on purpose (the paper preset needs it)
     log_every: int = 10
     checkpoint_every: int = 200
     seed: int = 42
@@ -437,6 +455,7 @@ MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec",
 class EvalMetricsConfig:
     """`eval-metrics`: disentanglement metrics of representations (DESIGN section 7)."""
 
+    renamed_keys = {"dci_backend": "gbt_backend"}  # one name in eval-metrics and downstream-gbt
     data: str = ""  # dataset artifact with the ground truth; default: the models' training data
     models: tuple[str, ...] = ()  # ldm artifacts: their representation of every dataset row is computed
     reps: tuple[str, ...] = ()  # or: .npz files with `codes` aligned with the dataset rows (one per model/seed)
@@ -444,7 +463,7 @@ class EvalMetricsConfig:
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each (PCA(1) per unit: the paper)
     tad_protocol: Literal["dis-dis", "nashae"] = "dis-dis"
     infomec_active: Literal["iqr", "range"] = "iqr"  # the authors' vendored rule, or latent_quantization's
-    dci_backend: Literal["fast", "sklearn"] = "fast"  # same trees as scikit-learn's from presorted columns; "sklearn" fits its own, 5-7x slower
+    gbt_backend: Literal["fast", "sklearn"] = "fast"  # DCI's boosted trees: scikit-learn's, grown from presorted columns; "sklearn" fits its own, 5-7x slower
     n_jobs: int = -1  # parallel fits (joblib); -1 = every core
     fid_weights: str | None = None  # pt_inception-2015-12-05-6726825d.pth; default: the torch hub cache
     fid_samples: int = 50_000  # generated images, each conditioned on a random training image (the authors')
@@ -469,23 +488,23 @@ class EvalMetricsConfig:
 class DownstreamGBTConfig:
     """`downstream-gbt`: GBT sample efficiency of representations (the paper's Table 5, DESIGN section 9)."""
 
+    renamed_keys = {"backend": "gbt_backend"}  # one name in eval-metrics and downstream-gbt
     data: str = ""  # dataset artifact with the ground truth; default: the models' training data
     models: tuple[str, ...] = ()  # ldm artifacts: their representation of every dataset row is computed
     reps: tuple[str, ...] = ()  # or: .npz files with `codes` aligned with the dataset rows (one per model)
     reduce: Literal["pca", "scalar", "none"] = "pca"  # vector units -> one scalar each, as eval-metrics
-    seeds: int = 5  # evaluation seeds seed, seed+1, ...; each draws every size from a fresh RandomState
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # evaluation seeds; each draws every size from a fresh RandomState
     sizes: tuple[int, ...] = (10_000, 1_000, 100)  # training sizes, drawn in this order; ratios are to the largest
     test_size: int = 5_000  # fresh test points after each training set (disentanglement_lib)
-    backend: Literal["fast", "sklearn"] = "fast"  # the boosted trees, as eval-metrics' dci_backend
+    gbt_backend: Literal["fast", "sklearn"] = "fast"  # the boosted trees, as eval-metrics' gbt_backend
     n_jobs: int = -1  # parallel factor fits (joblib); -1 = every core
     batch_size: int = 256  # images per pass when computing a model's representation
     gpus: int = 0  # 0 = CPU; >= 1 = run the models on the GPU
-    seed: int = 0  # the first evaluation seed
 
     def __post_init__(self) -> None:
         check_representation_sources(self)
-        if self.seeds < 1:
-            raise ConfigError(f"config key seeds: expected at least 1 seed, found {self.seeds}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config key seeds: expected one or more distinct seeds, found {list(self.seeds)}")
         if len(set(self.sizes)) < 2 or min(self.sizes) < 1 or len(set(self.sizes)) != len(self.sizes):
             raise ConfigError(f"config key sizes: expected two or more distinct positive training sizes (the ratios "
                               f"compare them), found {list(self.sizes)}")

@@ -41,17 +41,17 @@ def run(cfg: DownstreamGBTConfig, store: ArtifactStore, *, name: str | None = No
         sources = [{**found.source(i), "sha256": sha256_file(path)} for i, path in enumerate(found.paths)]
         codes, model_artifacts = found.codes, found.models
     models = []
-    with progress.task(STAGE, total=len(codes) * cfg.seeds * len(cfg.sizes), unit="fit") as task:
+    with progress.task(STAGE, total=len(codes) * len(cfg.seeds) * len(cfg.sizes), unit="fit") as task:
         for representation in codes:
             models.append(downstream_gbt(
                 representation, ground_truth, reduce=cfg.reduce, sizes=cfg.sizes, test_size=cfg.test_size,
-                seeds=range(cfg.seed, cfg.seed + cfg.seeds), backend=cfg.backend, n_jobs=cfg.n_jobs,
+                seeds=cfg.seeds, backend=cfg.gbt_backend, n_jobs=cfg.n_jobs,
                 progress=lambda seed, n: task.advance(1)))
     spread, summary = _headline(models)
     reference = models[0].reference
     with store.create(stage=STAGE, name=name or data_artifact.name, kind="downstream", config=to_dict(cfg),
                       inputs={"data": data_artifact, **{f"model_{i}": m for i, m in enumerate(model_artifacts)}},
-                      seed=cfg.seed) as writer:
+                      seed=cfg.seeds[0]) as writer:
         report = {
             "sizes": list(cfg.sizes), "reference": reference, "seeds": list(models[0].seeds),
             "test_size": cfg.test_size, "factor_names": factor_names, "spread": spread, "summary": summary,
@@ -65,7 +65,7 @@ def run(cfg: DownstreamGBTConfig, store: ArtifactStore, *, name: str | None = No
                    writer.dir / "ratios.png", title=f"GBT sample efficiency (mean ± std over {spread})")
         headline_keys = [f"acc_{reference}", *(f"ratio_{n}" for n in cfg.sizes if n != reference)]
         writer.results.update({k: summary[k]["mean"] for k in headline_keys})
-        writer.results.update({"models": len(models), "seeds": cfg.seeds})
+        writer.results.update({"models": len(models), "seeds": len(cfg.seeds)})
     return writer.artifact
 
 

@@ -47,7 +47,7 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
                 runs.append(evaluate(representation, ground_truth, metrics=cfg.metrics, seed=cfg.seed,
                                      n_jobs=cfg.n_jobs, reduce=cfg.reduce, attributes=data.attributes,
                                      tad_protocol=cfg.tad_protocol, infomec_active=cfg.infomec_active,
-                                     options={"dci": {"backend": cfg.dci_backend}}, fid_features=fid_features,
+                                     options={"dci": {"backend": cfg.gbt_backend}}, fid_features=fid_features,
                                      progress=lambda metric: task.update(description=f"eval-metrics: {metric}")))
                 task.advance(1)
         summary = summarize([dict(r) for r in runs])

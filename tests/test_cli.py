@@ -22,6 +22,35 @@ def test_help_lists_every_stage():
         assert command in result.output
 
 
+COMMANDS = [*STAGES, "visualize", "report", "run", "artifacts list", "artifacts show"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_names_values_in_words_not_python_types(command):
+    result = runner.invoke(app, [*command.split(), "--help"])
+    assert result.exit_code == 0
+    for python_type in ("<list[", "<Path>", "<path>", "<str>", "<int>", "<float>"):
+        assert python_type not in result.output, (command, python_type)
+
+
+def test_help_shows_choices_from_the_config_and_each_commands_seed_default():
+    ldm = runner.invoke(app, ["train-ldm", "--help"]).output
+    for line in ("--preset [paper|small|tiny]", "--dyga-mode [paper|official]", "--quantizer [dyga|fsq|none]"):
+        assert line in ldm
+    assert "Random seed [default: 42]" in ldm
+    metrics = runner.invoke(app, ["eval-metrics", "--help"]).output
+    assert "--reduce [pca|scalar|none]" in metrics and "Random seed [default: 0]" in metrics
+
+
+def test_shell_completion_is_on_and_completes_choices(monkeypatch, capsys):
+    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    monkeypatch.setenv("_DYDIS_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "dydis train-ldm --preset ")
+    monkeypatch.setenv("COMP_CWORD", "3")
+    code, out, _ = run_main(monkeypatch, capsys)
+    assert code == 0 and out.split() == ["paper", "small", "tiny"]
+
+
 def test_run_names_a_missing_workflow_file(tmp_path):
     missing = tmp_path / "workflow.yaml"
     result = runner.invoke(app, ["run", str(missing), "--root", str(tmp_path / "store")])
@@ -92,6 +121,11 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     (["nosuch"], "error: no such command 'nosuch'", " (see 'dydis --help')"),
     (["eval-metrics", "--data"], "error: option '--data' requires an argument", " (see 'dydis --help')"),
     (["prepare-data", "--seed", "abc"], "error: invalid value for '--seed': ", " (see 'dydis prepare-data --help')"),
+    (["train-ldm", "--preset", "huge"], "error: invalid value for '--preset': ", " (see 'dydis train-ldm --help')"),
+    (["prepare-data", "--dataset", "shapes4d"], "error: invalid value for '--dataset': ",
+     " (see 'dydis prepare-data --help')"),
+    (["visualize", "morph"], "error: invalid value for 'WHAT': ", " (see 'dydis visualize --help')"),
+    (["eval-metrics", "--reduce", "mean"], "error: invalid value for '--reduce': ", " (see 'dydis eval-metrics --help')"),
 ])
 def test_usage_errors_are_one_line_and_exit_2(monkeypatch, capsys, args, start, end):
     code, out, err = run_main(monkeypatch, capsys, *args)

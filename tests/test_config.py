@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Literal
 
 import pytest
@@ -131,3 +132,21 @@ def test_compile_needs_a_gpu():
     with pytest.raises(ConfigError, match="^config key compile: torch.compile of the U-Net runs on the GPU only"):
         build_config(TrainLDMConfig, flags={"data": "d", "max_steps": 1, "compile": True})
     assert build_config(TrainLDMConfig, flags={"data": "d", "max_steps": 1, "compile": True, "gpus": 1}).compile
+
+
+@pytest.mark.parametrize("cls, old", [("EvalMetricsConfig", "dci_backend"), ("DownstreamGBTConfig", "backend")])
+def test_the_tree_backend_has_one_name_and_the_old_one_still_works_with_a_warning(caplog, cls, old):
+    import dydis.config as config
+
+    sources = {"reps": ["r.npz"], "data": "d"}
+    logger = logging.getLogger("dydis")  # the CLI's show_logs stops its records propagating to caplog's
+    logger.addHandler(caplog.handler)
+    try:
+        cfg = config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn"])
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert cfg.gbt_backend == "sklearn"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"config key {old} is renamed gbt_backend; the old name goes in the next release"]
+    with pytest.raises(ConfigError, match=f"config keys {old} and gbt_backend: one setting under two names"):
+        config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn", "gbt_backend=fast"])

@@ -96,7 +96,7 @@ def test_cli_two_models(tmp_path, dataset):
     bad = tmp_path / "bad.npz"
     np.savez(bad, codes=rng.standard_normal((*factors.shape, 3)))
     result = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", str(good), "--reps",
-                                 str(bad), "--sizes", "48,16", "--test-size", "20", "--seeds", "1", "--n-jobs", "1",
+                                 str(bad), "--sizes", "48,16", "--test-size", "20", "--seeds", "0", "--n-jobs", "1",
                                  "--root", str(root)])
     assert result.exit_code == 0, result.output
     path = result.stdout.strip()
@@ -119,12 +119,44 @@ def test_cli_one_model_spreads_over_seeds(tmp_path, dataset):
     config = tmp_path / "downstream.yaml"
     config.write_text("sizes: [48, 16]\ntest_size: 20\nn_jobs: 1\nreduce: scalar\n")
     result = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", str(reps), "--config",
-                                 str(config), "--set", "seeds=2", "--seed", "7", "--root", str(root)])
+                                 str(config), "--seeds", "7,8", "--root", str(root)])
     assert result.exit_code == 0, result.output
     report = json.loads(open(f"{result.stdout.strip()}/downstream.json").read())
     assert report["spread"] == "seeds" and report["seeds"] == [7, 8] and len(report["models"][0]["runs"]) == 2
     assert report["summary"] == report["models"][0]["summary"]
     assert report["summary"]["ratio_16"]["mean"] == pytest.approx(1.0, abs=0.02)
+
+
+def _scores(root, reps, *seeds_flag):
+    result = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", str(reps), "--sizes",
+                                 "48,16", "--test-size", "20", "--n-jobs", "1", "--reduce", "scalar", *seeds_flag,
+                                 "--root", str(root)])
+    assert result.exit_code == 0, result.output
+    return json.loads(open(f"{result.stdout.strip()}/downstream.json").read())
+
+
+def test_cli_seeds_is_a_list_and_its_default_keeps_the_old_count_of_five(tmp_path, dataset):
+    root, factors = dataset
+    reps = tmp_path / "codes.npz"
+    noisy = factors + 0.8 * np.random.default_rng(0).standard_normal(factors.shape)  # scores that vary per seed
+    np.savez(reps, codes=noisy.astype(np.float32))
+    default = _scores(root, reps)
+    gt = GroundTruth(factors, [int(n) for n in factors.max(axis=0) + 1])
+    old = downstream_gbt(noisy.astype(np.float32), gt, reduce="scalar", sizes=(48, 16), test_size=20,
+                         seeds=range(0, 5), n_jobs=1)  # the old default: 5 seeds counted from --seed 0
+    assert default["seeds"] == [0, 1, 2, 3, 4]
+    assert [run["scores"] for run in default["models"][0]["runs"]] == old.runs
+    single = _scores(root, reps, "--seeds", "3")  # one seed, 3; not three seeds
+    assert single["seeds"] == [3] and single["models"][0]["runs"][0]["scores"] == old.runs[3]
+
+
+@pytest.mark.parametrize("seeds, expected", [("3,3", "distinct seeds"), ("a,b", "integers")])
+def test_cli_seeds_that_are_not_distinct_integers_are_one_line(tmp_path, dataset, seeds, expected):
+    root, _ = dataset
+    result = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", "x.npz", "--seeds",
+                                 seeds, "--root", str(root)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: --seeds: expected {expected} like 42,43,44, found {seeds!r}"
 
 
 @pytest.mark.parametrize("case", ["missing", "one size", "npy", "no codes", "huge"])

@@ -153,13 +153,11 @@ def _bad_source(tmp_path, case):
     if case == "subset-too-large":
         path = write_shapes3d(tmp_path / "3dshapes.h5", np.arange(10))
         return ["--dataset", "shapes3d", "--source", str(path), "--subset", "11"], "3dshapes.h5"
-    if case == "unknown-dataset":
-        return ["--dataset", "shapes4d"], "dataset"
     raise AssertionError(case)
 
 
 BAD_CASES = ["key", "dtype", "shape", "labels", "nan-labels", "no-rows", "missing", "truncated-h5", "truncated-npz",
-             "corrupt-npz", "flipped-npz", "npz-key", "row-count", "subset-too-large", "unknown-dataset"]
+             "corrupt-npz", "flipped-npz", "npz-key", "row-count", "subset-too-large"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)

@@ -71,3 +71,25 @@ def test_train_vqgan_refuses_a_wrong_kind_input(tmp_path):
     assert artifact_dirs(tmp_path / "store") == before
     missing = runner.invoke(app, ["train-vqgan", "--max-steps", "1", "--root", root])
     assert missing.exit_code == 2 and "data" in missing.stderr
+
+
+def test_the_paper_preset_without_lpips_weights_stops_unless_told_to_train_without(tmp_path, monkeypatch):
+    import dydis.training.vqgan as vqgan_training
+
+    monkeypatch.setattr(vqgan_training, "HUB_VGG16", tmp_path / "no-hub" / "vgg16-397923af.pth")
+    root, runs = str(tmp_path / "store"), tmp_path / "runs"
+    runner.invoke(app, ["prepare-data", "--dataset", "synthetic", "--grid", "2,2,2,1,2,2", "--root", root])
+    before = artifact_dirs(tmp_path / "store")
+    args = ["train-vqgan", "--data", "prepare-data/synthetic", "--preset", "paper", "--max-steps", "1",
+            "--batch-size", "8", "--root", root, "--runs", str(runs), *SMALL]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.output
+    assert refused.stderr.strip().startswith("error: config keys lpips_vgg / lpips_heads: the paper preset trains with LPIPS")
+    assert "--lpips-heads" in refused.stderr and "--no-lpips" in refused.stderr
+    assert artifact_dirs(tmp_path / "store") == before
+    assert [p.name for p in runs.rglob("*") if p.is_file()] == [".lock"]  # nothing trained, no checkpoint
+    without = runner.invoke(app, [*args, "--no-lpips"])
+    assert without.exit_code == 0, without.output
+    assert "LPIPS disabled" not in without.stderr
+    manifest = yaml.safe_load(open(f"{without.stdout.strip()}/manifest.yaml"))
+    assert manifest["config"]["lpips"] is False and manifest["results"]["lpips"] is False

@@ -180,7 +180,6 @@ def test_visualize_writes_the_figure_into_a_viz_artifact(store, what):
 
 @pytest.mark.parametrize("args, message", [
     (["interchange", "--model", "prepare-data/synthetic"], "expected a ldm artifact, found a dataset artifact"),
-    (["morph", "--model", "train-ldm/synthetic"], "config key what: expected 'interchange'"),
     (["attention", "--model", "train-ldm/synthetic", "--model", "train-ldm/synthetic"], "attention shows one model"),
     (["interchange", "--model", "train-ldm/synthetic", "--pairs", "40"], "needs 80 distinct images"),
 ])

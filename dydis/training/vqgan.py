@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from dydis.config import TrainVQGANConfig, to_dict
+from dydis.errors import ConfigError
 from dydis.distributed import Context, autocast_for
 from dydis.models.lpips import HUB_VGG16, LPIPS
 from dydis.models.vqgan import VQGAN
@@ -41,12 +42,22 @@ def build_models(cfg: TrainVQGANConfig, lpips: LPIPS | None) -> tuple[VQGAN, VQG
 
 
 def load_lpips(cfg: TrainVQGANConfig) -> LPIPS | None:
-    """LPIPS from local files, or None (with a warning) when its weights are not available."""
+    """LPIPS from local files, or None when the config trains without it.
+
+    The paper preset without its weights is an error, not a silently different model; the small
+    presets (smoke and CPU runs) train without LPIPS then, with a warning.
+    """
+    if not cfg.lpips or cfg.loss.perceptual_weight == 0:
+        return None
     vgg = cfg.lpips_vgg or (str(HUB_VGG16) if HUB_VGG16.is_file() else None)
-    if vgg is None or cfg.lpips_heads is None or cfg.loss.perceptual_weight == 0:
-        if cfg.loss.perceptual_weight > 0:
-            log.warning("LPIPS disabled: needs local VGG16 weights (lpips_vgg) and LPIPS heads (lpips_heads); "
-                        "training with L1 + GAN + codebook only")
+    if vgg is None or cfg.lpips_heads is None:
+        if cfg.preset == "paper":
+            raise ConfigError("config keys lpips_vgg / lpips_heads: the paper preset trains with LPIPS and its "
+                              "weights are missing: give --lpips-vgg vgg16-397923af.pth (or put it in "
+                              f"{HUB_VGG16.parent}) and --lpips-heads vgg.pth (LPIPS v0.1), or --no-lpips to train "
+                              "without it on purpose")
+        log.warning("LPIPS disabled: needs local VGG16 weights (lpips_vgg) and LPIPS heads (lpips_heads); "
+                    "training with L1 + GAN + codebook only (--no-lpips says so on purpose)")
         return None
     return LPIPS.from_files(vgg, cfg.lpips_heads)
 
