@@ -53,12 +53,12 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
            owner: bool, progress: Progress) -> Artifact | None:
     name, run_dir = folder.path.name, folder.path
     device = pick_device(cfg.gpus)
+    lpips = training.load_lpips(cfg)  # first: a missing or refused weights file stops before any work
     with DatasetFile(data_artifact.file("data.h5")) as data:
         with progress.task("loading images", total=1, unit="file") as task:
             images = data.images[()]
             task.advance(1)
     train_rows, held_rows = split_rows(len(images), min(cfg.holdout, max(1, len(images) // 10)), cfg.seed)
-    lpips = training.load_lpips(cfg)
     folder.start(resume=resume)
     started = time.perf_counter()
     world = max(1, cfg.gpus)
