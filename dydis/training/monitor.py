@@ -27,14 +27,13 @@ import torch
 
 from dydis.errors import ConfigError
 from dydis.metrics import GroundTruth, evaluate
+from dydis.metrics.evaluate import METRIC_KEYS
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
 from dydis.training.ldm import represent
 
-# what ``evaluate`` returns for each metric: the train_log.csv columns, under evaluate's own names
-SCORES = {"factor_vae": ("factor_vae", "factor_vae_active"),
-          "dci": ("dci_disentanglement", "dci_completeness", "dci_informativeness"),
-          "mig": ("mig",)}
+# the metrics a run can follow while training, with the train_log.csv columns ``evaluate`` gives each
+SCORES = {metric: METRIC_KEYS[metric] for metric in ("factor_vae", "dci", "mig")}
 SEED = 0  # eval-metrics' default: the metrics' RandomState, and here also the subsample's
 BATCH_SIZE = 256  # eval-metrics' default representation batch, so the same kernels see the same images
 log = logging.getLogger("dydis.train_ldm")
