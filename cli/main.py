@@ -10,6 +10,7 @@ import typer
 from dydis import __version__
 from dydis.cli import artifacts
 from dydis.cli.common import ReadableCommand, print_error, run_folder_help, show_logs
+from dydis.cli.download import download
 from dydis.cli.downstream_gbt import downstream_gbt
 from dydis.cli.eval_metrics import eval_metrics
 from dydis.cli.prepare_data import prepare_data
@@ -22,7 +23,8 @@ from dydis.cli.visualize import visualize
 app = typer.Typer(
     name="dydis",
     help="Disentangled representation learning with latent diffusion, Dynamic Gaussian Anchoring and "
-         "Skip Dropout. Each stage writes a versioned artifact and prints its path on stdout.",
+         "Skip Dropout. `dydis download NAME` fetches a dataset's original file; each stage then writes a versioned "
+         "artifact and prints its path on stdout.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -42,6 +44,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     show_logs()
 
 
+app.command("download", cls=ReadableCommand)(download)
 app.command("prepare-data", cls=ReadableCommand)(prepare_data)
 app.command("train-vqgan", epilog=run_folder_help("train-vqgan"), cls=ReadableCommand)(train_vqgan)
 app.command("train-ldm", epilog=run_folder_help("train-ldm"), cls=ReadableCommand)(train_ldm)

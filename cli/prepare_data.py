@@ -23,6 +23,8 @@ Examples:
 
   dydis prepare-data --dataset shapes3d --source 3dshapes.h5 --subset 1000 --seed 0
 
+  dydis download dsprites && dydis prepare-data --dataset dsprites
+
   DATA=$(dydis prepare-data --dataset mpi3d-toy --source mpi3d_toy.npz)
 """
 
@@ -35,8 +37,9 @@ Compression = choices(PrepareDataConfig, "compression")
 def prepare_data(
     dataset: Annotated[Optional[Dataset], typer.Option(help="The dataset [default: synthetic].",
                                                    show_default=False)] = None,
-    source: Annotated[Optional[Path], typer.Option(help="The original download (file or folder).",
-                                                   show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Option(
+        help="The original download (file or folder) [default: where `dydis download` puts it, in $DYDIS_DATA or "
+             "./downloads].", show_default=False)] = None,
     subset: Annotated[Optional[int], typer.Option(help="Keep N seeded random rows.", show_default=False)] = None,
     fraction: Annotated[Optional[float], typer.Option(help="Keep this fraction of the rows.", show_default=False)] = None,
     factor_sizes: Annotated[Optional[str], typer.Option(metavar="N,N,...",

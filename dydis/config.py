@@ -227,7 +227,7 @@ class PrepareDataConfig:
     """What `prepare-data` reads and how (DESIGN section 4)."""
 
     dataset: Dataset = "synthetic"
-    source: str | None = None  # the original download; not used by `synthetic`
+    source: str | None = None  # the original download; default: where `dydis download` puts it; not used by `synthetic`
     subset: int | None = None  # keep this many seeded random rows (CI smoke runs)
     fraction: float | None = None  # or this fraction of the rows
     factor_sizes: tuple[int, ...] | None = None  # a reduced grid for datasets whose factors come from row order
@@ -238,9 +238,6 @@ class PrepareDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset != "synthetic" and not self.source:
-            raise ConfigError(f"config key source: {self.dataset} is prepared from its original download; "
-                              "pass --source PATH")
         if self.subset is not None and self.subset < 1:
             raise ConfigError(f"config key subset: expected a positive number of rows, found {self.subset}")
         if self.fraction is not None and not 0 < self.fraction <= 1:

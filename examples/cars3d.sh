@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's pipeline for Cars3D, one stage at a time, each reading the artifact the one before
 # printed on stdout. Needs the original download (nips2015-analogy-data.tar.gz, unpacked or not)
-# under $DATA_DIR, and a GPU for the two training stages.
+# under $DATA_DIR (`dydis download cars3d --dest "$DATA_DIR"`), and a GPU for the two training stages.
 #
 #   DATA_DIR=~/downloads bash examples/cars3d.sh
 set -euo pipefail

@@ -11,14 +11,28 @@ import numpy as np
 from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import PrepareDataConfig, to_dict
 from dydis.data import Block, Source, open_source, write_dataset
+from dydis.data.download import default_source
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
-from dydis.errors import DataError
+from dydis.errors import ConfigError, DataError
 from dydis.progress import Progress, SilentProgress
 
 STAGE = "prepare-data"
 BLOCK_ROWS = 2048
 PREVIEW_IMAGES = 64
+
+
+def resolve_source(config: PrepareDataConfig) -> str | None:
+    """``source``, or where `dydis download` puts the dataset when none is given. The config keeps
+    ``source`` as given (the manifest's results record the file read), so that `dydis run` finds
+    an unchanged stage up to date wherever the download folder is."""
+    if config.source or config.dataset == "synthetic":
+        return config.source
+    path = default_source(config.dataset)
+    if not path.exists():
+        raise ConfigError(f"config key source: {config.dataset} is prepared from its original download, and none "
+                          f"is at {path}: run `dydis download {config.dataset}` or pass --source PATH")
+    return str(path)
 
 
 def select_rows(n_rows: int, config: PrepareDataConfig, source_path) -> np.ndarray:
@@ -56,9 +70,10 @@ def run(config: PrepareDataConfig, store: ArtifactStore, name: str | None = None
     """Prepare one dataset; returns the published artifact."""
     progress = progress or SilentProgress()
     name = name or config.dataset
-    with open_source(config.dataset, config.source, factor_sizes=config.factor_sizes, grid=config.grid,
+    source_file = resolve_source(config)
+    with open_source(config.dataset, source_file, factor_sizes=config.factor_sizes, grid=config.grid,
                      crop=config.crop, workers=config.workers) as source:
-        rows = select_rows(source.n_rows, config, config.source)
+        rows = select_rows(source.n_rows, config, source_file)
         started = time.perf_counter()
         with store.create(stage=STAGE, name=name, kind="dataset", config=to_dict(config), seed=config.seed) as writer:
             data_path = writer.dir / "data.h5"

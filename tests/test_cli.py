@@ -18,11 +18,11 @@ STAGES = ["prepare-data", "train-vqgan", "train-ldm", "eval-metrics", "downstrea
 def test_help_lists_every_stage():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in [*STAGES, "run", "artifacts", "visualize", "report"]:
+    for command in [*STAGES, "download", "run", "artifacts", "visualize", "report"]:
         assert command in result.output
 
 
-COMMANDS = [*STAGES, "visualize", "report", "run", "artifacts list", "artifacts show"]
+COMMANDS = [*STAGES, "download", "visualize", "report", "run", "artifacts list", "artifacts show"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
