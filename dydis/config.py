@@ -25,6 +25,9 @@ from dydis.models.config import (FEATURE_EXTRACTOR_PRESETS, UNET_PRESETS, VQGAN_
                                  FeatureExtractorConfig, FSQConfig, UNetConfig, VQGANConfig, VQLossConfig)
 
 T = TypeVar("T")
+# Adam rates above 1 only diverge; far above (about 1e37) Adam's first step overflows float32 inside
+# torch.optim, an internal error instead of a configuration one.
+MAX_LR = 1.0
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -310,8 +313,8 @@ class TrainVQGANConfig:
             raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
         if self.holdout < 1:
             raise ConfigError(f"config key holdout: expected at least 1 image, found {self.holdout}")
-        if self.base_lr <= 0:
-            raise ConfigError(f"config key base_lr: expected a positive rate, found {self.base_lr}")
+        if not 0 < self.base_lr <= MAX_LR:
+            raise ConfigError(f"config key base_lr: expected a rate in (0, {MAX_LR:g}], found {self.base_lr}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,8 +412,10 @@ class TrainLDMConfig:
                               f"{list(self.eval_metrics)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"config key batch_size: expected at least 1, found {self.batch_size}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ConfigError("config keys lr / weight_decay / warmup_steps: expected lr > 0 and the others >= 0")
+        if not 0 < self.lr <= MAX_LR:
+            raise ConfigError(f"config key lr: expected a rate in (0, {MAX_LR:g}], found {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("config keys weight_decay / warmup_steps: expected numbers >= 0")
         if not 0.0 <= self.ema_decay <= 1.0:
             raise ConfigError(f"config key ema_decay: expected a value in [0, 1], found {self.ema_decay}")
         if self.gpus < 0:

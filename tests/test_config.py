@@ -133,17 +133,33 @@ def test_compile_needs_a_gpu():
     assert build_config(TrainLDMConfig, flags={"data": "d", "max_steps": 1, "compile": True, "gpus": 1}).compile
 
 
+@pytest.mark.parametrize("cls, key", [("TrainLDMConfig", "lr"), ("TrainVQGANConfig", "base_lr")])
+@pytest.mark.parametrize("rate", [0.0, -1e-4, 1.5, 1e38])
+def test_learning_rates_outside_0_1_are_refused(cls, key, rate):
+    """1e38 used to pass and make Adam's first step overflow float32 inside torch.optim (exit 1)."""
+    import dydis.config
+
+    config = getattr(dydis.config, cls)
+    with pytest.raises(ConfigError, match=rf"^config key {key}: expected a rate in \(0, 1\], found "):
+        build_config(config, flags={"data": "d", "max_steps": 1, key: rate})
+    assert getattr(build_config(config, flags={"data": "d", "max_steps": 1, key: 1.0}), key) == 1.0
+
+
 @pytest.mark.parametrize("cls, old", [("EvalMetricsConfig", "dci_backend"), ("DownstreamGBTConfig", "backend")])
 def test_the_tree_backend_has_one_name_and_the_old_one_still_works_with_a_warning(caplog, cls, old):
     import dydis.config as config
 
     sources = {"reps": ["r.npz"], "data": "d"}
-    logger = logging.getLogger("dydis")  # the CLI's show_logs stops its records propagating to caplog's
+    # the CLI's show_logs stops the records propagating to caplog's handler once a CLI test ran, so
+    # the handler goes on the logger itself; without propagation it sees each record once either way
+    logger = logging.getLogger("dydis")
+    propagate, logger.propagate = logger.propagate, False
     logger.addHandler(caplog.handler)
     try:
         cfg = config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn"])
     finally:
         logger.removeHandler(caplog.handler)
+        logger.propagate = propagate
     assert cfg.gbt_backend == "sklearn"
     assert [r.getMessage() for r in caplog.records] == [
         f"config key {old} is renamed gbt_backend; the old name goes in the next release"]
