@@ -161,6 +161,57 @@ def test_fid_of_a_model_uses_the_given_inception_weights(store, ldm_artifact, tm
     assert missing.exit_code == 2 and "nowhere.pth" in missing.stderr
 
 
+class CountingInception(torch.nn.Module):
+    """A stand-in FID network that counts the images it sees: (b, 3, 64, 64) -> (b, 8)."""
+
+    def __init__(self, seen: list[int]):
+        super().__init__()
+        self.seen = seen
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 8))
+
+    def forward(self, images):
+        self.seen.append(len(images))
+        return self.net(images)
+
+
+def test_fid_reuses_the_real_images_statistics(store, ldm_artifact, tmp_path, monkeypatch):
+    """The second evaluation reads the 3 real images' statistics from <root>/.cache/fid and
+    passes only its 3 generated images through the network, for the same FID; other weights,
+    --no-fid-cache and a damaged file compute them again."""
+    from dydis.stages import eval_metrics
+
+    seen = []
+    monkeypatch.setattr(eval_metrics, "load_fid_inception", lambda path: CountingInception(seen))
+    weights, other_weights = tmp_path / "inception.pth", tmp_path / "other.pth"
+    weights.write_bytes(b"weights")
+    other_weights.write_bytes(b"other weights")
+
+    def evaluate(*extra, weights=weights):
+        seen.clear()
+        result = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/scored", "--metrics", "fid", "--fid-weights",
+                                     str(weights), "--fid-samples", "3", "--set", "fid_steps=2", "--set",
+                                     "fid_reference=3", "--root", str(store), *extra])
+        assert result.exit_code == 0, result.output
+        results = yaml.safe_load(open(f"{result.stdout.strip()}/manifest.yaml"))["results"]
+        return results["fid_reference"], results["metrics"]["fid"]["mean"], sum(seen), result.stderr
+
+    first, fid, images, _ = evaluate()
+    assert first["source"] == "computed" and first["images"] == 3 and images == 6
+    cached = store / ".cache" / "fid" / f"{first['key']}.npz"
+    assert cached.is_file()
+    second, fid_again, images, _ = evaluate()
+    assert second == {**first, "source": "cache"} and images == 3 and fid_again == fid
+    uncached, fid_again, images, _ = evaluate("--no-fid-cache")
+    assert uncached == first and images == 6 and fid_again == fid
+    other, _, images, _ = evaluate(weights=other_weights)
+    assert other["key"] != first["key"] and other["source"] == "computed" and images == 6
+    cached.write_bytes(cached.read_bytes()[:100])  # truncated
+    repaired, fid_again, images, stderr = evaluate()
+    assert repaired == first and images == 6 and fid_again == fid and "damaged" in stderr
+
+
 def test_downstream_gbt_of_a_model_with_its_scalars(store, ldm_artifact):
     result = runner.invoke(app, ["downstream-gbt", "--model", "train-ldm/scored", "--reduce", "scalar", "--sizes",
                                  "20,10", "--test-size", "10", "--seeds", "0,1", "--n-jobs", "1", "--root", str(store)])
