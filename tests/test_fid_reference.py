@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import zipfile
 
 import numpy as np
@@ -76,14 +75,13 @@ def _another_key(path):
 
 @pytest.mark.parametrize("damage", [_tamper, _truncate, _flip_a_byte, _another_key,
                                     lambda path: path.write_text("not a zip")])
-def test_a_damaged_file_is_computed_again_and_replaced(tmp_path, caplog, damage):
+def test_a_damaged_file_is_computed_again_and_replaced(tmp_path, dydis_warnings, damage):
     real = Features(50, 8)
     first = cached_reference(tmp_path, KEY, real)
     damage(tmp_path / f"{KEY}.npz")
-    with caplog.at_level(logging.WARNING, logger="dydis.metrics.fid_reference"):
-        again = cached_reference(tmp_path, KEY, real)
+    again = cached_reference(tmp_path, KEY, real)
     assert real.calls == 2 and again.source == "computed" and again.sha256 == first.sha256
-    assert "damaged" in caplog.text and f"{KEY}.npz" in caplog.text
+    assert "damaged" in dydis_warnings.text and f"{KEY}.npz" in dydis_warnings.text
     np.testing.assert_array_equal(again.statistics["sigma"], reference_statistics(real.features)["sigma"])
     assert cached_reference(tmp_path, KEY, real).source == "cache" and real.calls == 2  # the file was replaced
 
@@ -94,12 +92,11 @@ def test_without_a_directory_nothing_is_stored(tmp_path):
     assert real.calls == 2
 
 
-def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, caplog):
+def test_a_cache_that_cannot_be_written_is_a_warning(tmp_path, dydis_warnings):
     blocked = tmp_path / "file"
     blocked.write_text("a file where the cache folder would be")
-    with caplog.at_level(logging.WARNING, logger="dydis.metrics.fid_reference"):
-        reference = cached_reference(blocked / "fid", KEY, Features(50, 8))
-    assert reference.source == "computed" and "not cached" in caplog.text
+    reference = cached_reference(blocked / "fid", KEY, Features(50, 8))
+    assert reference.source == "computed" and "not cached" in dydis_warnings.text
 
 
 def test_the_file_is_an_npz_of_the_statistics(tmp_path):
