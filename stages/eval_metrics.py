@@ -61,7 +61,8 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
             for index, (path, scores) in enumerate(zip(found.paths, runs)):
                 copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
                 shutil.copy(path, writer.dir / copy)
-                per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy,
+                stored = {"codes_dtype": found.stored_dtypes[index]} if found.models else {}
+                per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy, **stored,
                                 "metrics": {k: float(v) for k, v in scores.items()},
                                 "seconds": {k: round(v, 2) for k, v in scores.timings.items()}})
             _write_tables(writer.dir, summary, per_run)
