@@ -30,6 +30,9 @@ def eval_metrics(
                                                              "[default: the torch hub cache].", show_default=False)] = None,
     fid_samples: Annotated[Optional[int], typer.Option(help="Generated images for FID [default: 50000].",
                                                        show_default=False)] = None,
+    fid_cache: Annotated[Optional[bool], typer.Option(
+        "--fid-cache/--no-fid-cache", help="Reuse the real images' FID statistics from an earlier evaluation "
+                                           "(<root>/.cache/fid) [default: on].", show_default=False)] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -50,7 +53,7 @@ def eval_metrics(
 
     flags = dict(models=model, data=data, reps=[str(p) for p in reps] if reps else None, metrics=metrics,
                  reduce=reduce, n_jobs=n_jobs, gpus=gpus, fid_samples=fid_samples,
-                 fid_weights=str(fid_weights) if fid_weights else None, seed=seed)
+                 fid_cache=fid_cache, fid_weights=str(fid_weights) if fid_weights else None, seed=seed)
     cfg = build_config(EvalMetricsConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())
     summary = artifact.results["metrics"]

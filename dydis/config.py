@@ -471,6 +471,7 @@ class EvalMetricsConfig:
     fid_samples: int = 50_000  # generated images, each conditioned on a random training image (the authors')
     fid_reference: int | None = None  # real images for FID (seeded subsample); None = every dataset image
     fid_steps: int = 100  # DDIM steps (eta 0) of the generated images
+    fid_cache: bool = True  # keep the real images' statistics in <root>/.cache/fid for the next evaluation
     batch_size: int = 256  # images per pass when computing representations, samples and Inception features
     gpus: int = 0  # 0 = CPU; >= 1 = run the models on the GPU
     seed: int = 0  # each metric draws from a fresh RandomState(seed)

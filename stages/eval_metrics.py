@@ -24,12 +24,14 @@ from dydis.errors import DataError
 from dydis.distributed import pick_device
 from dydis.metrics import GroundTruth, evaluate, summarize
 from dydis.metrics.fid import compute_features
+from dydis.metrics.fid_reference import cached_reference, reference_key
 from dydis.models.inception import find_fid_weights, load_fid_inception
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
 from dydis.stages.representations import representations, sampler_for
 
 STAGE = "eval-metrics"
+FID_CACHE = Path(".cache") / "fid"  # in the store root: reference statistics, kept across evaluations
 log = logging.getLogger("dydis.eval_metrics")
 
 
@@ -40,7 +42,8 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
                          batch_size=cfg.batch_size, progress=progress) as found:
         data_artifact, models, data = found.data_artifact, found.models, found.data
         ground_truth = GroundTruth(data.factors, data.factor_sizes) if data.factor_sizes else None
-        fid_sets = fid_feature_sets(cfg, store, models, data, progress) if _wants_fid(cfg) else [None] * len(found.codes)
+        fid_reference, fid_sets = fid_feature_sets(cfg, store, models, data_artifact, data, progress) \
+            if _wants_fid(cfg) else (None, [None] * len(found.codes))
         runs = []
         with progress.task("eval-metrics", total=len(found.codes), unit="rep") as task:
             for representation, fid_features in zip(found.codes, fid_sets):
@@ -58,7 +61,8 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
             for index, (path, scores) in enumerate(zip(found.paths, runs)):
                 copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
                 shutil.copy(path, writer.dir / copy)
-                per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy,
+                stored = {"codes_dtype": found.stored_dtypes[index]} if found.models else {}
+                per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy, **stored,
                                 "metrics": {k: float(v) for k, v in scores.items()},
                                 "seconds": {k: round(v, 2) for k, v in scores.timings.items()}})
             _write_tables(writer.dir, summary, per_run)
@@ -66,6 +70,8 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
                 names = data_artifact.results.get("factor_names") or []
                 importance_heatmap(runs[0].arrays["dci_importance"], names, writer.dir / "dci_importance.png")
             writer.results.update({"metrics": summary, "runs": len(runs)})
+            if fid_reference is not None:
+                writer.results["fid_reference"] = fid_reference
     return writer.artifact
 
 
@@ -92,19 +98,28 @@ def _wants_fid(cfg: EvalMetricsConfig) -> bool:
     return True
 
 
-def fid_feature_sets(cfg: EvalMetricsConfig, store: ArtifactStore, models: list[Artifact], data: DatasetFile,
-                     progress: Progress) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(real, generated) Inception features per model, by the authors' protocol (DESIGN 9 row 14):
-    DDIM (``fid_steps``, eta 0, EMA U-Net) from seeded noise, each sample conditioned on the units
-    of a training image drawn at random; the dataset's images are the reference set."""
+def fid_feature_sets(cfg: EvalMetricsConfig, store: ArtifactStore, models: list[Artifact], data_artifact: Artifact,
+                     data: DatasetFile, progress: Progress) -> tuple[dict, list[tuple[dict, np.ndarray]]]:
+    """Which real statistics were used (for the manifest) and, per model, (those statistics,
+    generated Inception features), by the authors' protocol (DESIGN 9 row 14): DDIM
+    (``fid_steps``, eta 0, EMA U-Net) from seeded noise, each sample conditioned on the units of
+    a training image drawn at random; the dataset's images are the reference set, whose
+    statistics come from the store's ``.cache/fid`` when an earlier evaluation computed them
+    (``fid_cache``)."""
     device = pick_device(cfg.gpus)
-    net = load_fid_inception(cfg.fid_weights).to(device)
+    weights = find_fid_weights(cfg.fid_weights)
+    net = load_fid_inception(weights).to(device)
     n = len(data)
     rng = np.random.RandomState(cfg.seed)
-    reference = np.arange(n) if cfg.fid_reference is None or cfg.fid_reference >= n else \
+    real_rows = np.arange(n) if cfg.fid_reference is None or cfg.fid_reference >= n else \
         np.sort(rng.choice(n, cfg.fid_reference, replace=False))
-    with progress.task("FID: real images", total=len(reference), unit="img") as task:
-        real = _features(net, data.read_images, reference, cfg.batch_size, device, task.advance)
+    key = reference_key(dataset=data_artifact.manifest_sha256(), weights=sha256_file(weights), rows=real_rows)
+
+    def real_features() -> np.ndarray:
+        with progress.task("FID: real images", total=len(real_rows), unit="img") as task:
+            return _features(net, data.read_images, real_rows, cfg.batch_size, device, task.advance)
+
+    reference = cached_reference(store.root / FID_CACHE if cfg.fid_cache else None, key, real_features)
     sets = []
     for model_artifact in models:
         sampler = sampler_for(store, model_artifact, device, steps=cfg.fid_steps, batch_size=cfg.batch_size)
@@ -118,8 +133,8 @@ def fid_feature_sets(cfg: EvalMetricsConfig, store: ArtifactStore, models: list[
 
         with progress.task(f"FID: generating with {model_artifact.ref}", total=len(conditions), unit="img") as task:
             generated = _features(net, generate, conditions, cfg.batch_size, device, task.advance)
-        sets.append((real, generated))
-    return sets
+        sets.append((reference.statistics, generated))
+    return {"key": key, "sha256": reference.sha256, "images": len(real_rows), "source": reference.source}, sets
 
 
 def _features(net, read: Callable[[np.ndarray], np.ndarray], rows: np.ndarray, batch_size: int,

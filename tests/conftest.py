@@ -86,6 +86,17 @@ def one_thread():
 
 
 @pytest.fixture
+def dydis_warnings(caplog, monkeypatch):
+    """caplog holding the warnings of dydis's loggers, also after a CLI test in the same process
+    stopped them propagating to caplog's handler (the CLI's show_logs)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("dydis"), "propagate", True)
+    caplog.set_level(logging.WARNING)
+    return caplog
+
+
+@pytest.fixture
 def store_root(tmp_path: Path) -> Path:
     return tmp_path / "artifacts"
 

@@ -9,6 +9,7 @@ import torch
 
 from dydis.errors import DataError
 from dydis.metrics import compute_features, feature_statistics, fid, frechet_distance
+from dydis.metrics.fid import reference_statistics
 
 
 def sqrtm_fid(mu1, s1, mu2, s2):
@@ -68,3 +69,12 @@ def test_small_sets_take_the_cross_product_route_to_the_same_value():
     via_covariances = frechet_distance(*feature_statistics(real), *feature_statistics(generated))
     # rel 1e-6: the d x d route takes square roots of ~1e-16 round-off eigenvalues of the rank-deficient product
     assert fid(real, generated)["fid"] == pytest.approx(via_covariances, rel=1e-6)
+
+
+@pytest.mark.parametrize("n_real, n_generated", [(12, 9), (60, 9), (12, 60), (60, 70)])
+def test_reference_statistics_stand_in_for_the_real_features(n_real, n_generated):
+    rng = np.random.default_rng(4)
+    real, generated = rng.normal(size=(n_real, 40)), rng.normal(0.3, 1.2, size=(n_generated, 40))
+    kept = reference_statistics(real)
+    assert set(kept) == ({"features"} if n_real < 40 else {"mu", "sigma"})
+    assert fid(kept, generated) == fid(real, generated)  # the same route, so the same rounding

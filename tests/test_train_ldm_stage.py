@@ -120,9 +120,15 @@ def ldm_artifact(store, tmp_path_factory):
 
 
 def test_eval_metrics_of_a_model_stores_its_representation(store, ldm_artifact):
+    """The stored copy: float16 units within float16's rounding, the exact float32 scalars; the
+    metrics score the model's float32 units, not the copy."""
+    import json
+
     import numpy as np
 
     from dydis.data.standard import DatasetFile
+    from dydis.progress import SilentProgress
+    from dydis.stages.representations import representations
     from dydis.training.ldm import represent
 
     result = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/scored", "--metrics", "mig,sap", "--n-jobs", "1",
@@ -139,26 +145,92 @@ def test_eval_metrics_of_a_model_stores_its_representation(store, ldm_artifact):
         images = data.images[()]
     expected_units, expected_scalars = represent(model, lambda part: images[part], len(images), torch.device("cpu"))
     assert codes.shape == (64, 3, 32) and scalars.shape == (64, 3)  # every row, in dataset order
-    np.testing.assert_allclose(codes, expected_units, rtol=1e-5, atol=1e-6)
+    assert (codes.dtype, scalars.dtype) == (np.float16, np.float32)
+    assert json.load(open(f"{path}/metrics.json"))["runs"][0]["codes_dtype"] == "float16"
+    scale = np.abs(expected_units).max(axis=0)  # each feature's largest magnitude
+    assert np.all(np.abs(codes - expected_units) <= scale * 2.0 ** -11 + 1e-6)
     np.testing.assert_allclose(scalars, expected_scalars, rtol=1e-5, atol=1e-6)
     assert set(manifest["results"]["metrics"]) == {"mig", "sap"}
+    with representations(ArtifactStore(store), models=("train-ldm/scored",), reps=(), data="", reduce="pca", gpus=0,
+                         batch_size=256, progress=SilentProgress()) as found:
+        scored = found.codes[0]
+    np.testing.assert_allclose(scored, expected_units, rtol=1e-5, atol=1e-6)
+    assert scored.dtype == np.float64 and not np.array_equal(scored, codes.astype(np.float64))
 
 
-def test_fid_of_a_model_uses_the_given_inception_weights(store, ldm_artifact, tmp_path):
-    from dydis.models.inception import FIDInceptionV3
+def test_the_stored_representation_is_read_back_by_reps(store, ldm_artifact):
+    """eval-metrics' reps.npz as --reps of eval-metrics and downstream-gbt: its float32 scalars give
+    the model's own scores; its float16 units are scored with a warning that says so."""
+    import json
 
-    weights = tmp_path / "inception.pth"
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        torch.save(FIDInceptionV3().state_dict(), weights)
-    args = ["eval-metrics", "--model", "train-ldm/scored", "--metrics", "fid", "--fid-weights", str(weights),
-            "--fid-samples", "3", "--set", "fid_steps=2", "--set", "fid_reference=3", "--root", str(store)]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
-    manifest = yaml.safe_load(open(f"{result.stdout.strip()}/manifest.yaml"))
-    assert manifest["results"]["metrics"]["fid"]["mean"] > 0 and manifest["config"]["fid_samples"] == 3
-    missing = runner.invoke(app, args[:5] + ["--fid-weights", str(tmp_path / "nowhere.pth")] + args[7:])
-    assert missing.exit_code == 2 and "nowhere.pth" in missing.stderr
+    def scores(*args, reduce="scalar"):
+        result = runner.invoke(app, ["eval-metrics", *args, "--metrics", "mig,sap", "--n-jobs", "1", "--reduce", reduce,
+                                     "--root", str(store)])
+        assert result.exit_code == 0, result.output
+        made = result.stdout.strip()
+        return f"{made}/reps.npz", yaml.safe_load(open(f"{made}/manifest.yaml"))["results"]["metrics"], result.stderr
+
+    reps, of_model, _ = scores("--model", "train-ldm/scored")
+    _, of_copy, stderr = scores("--data", "prepare-data/synthetic", "--reps", reps)
+    assert of_copy == of_model and "float16" not in stderr  # the scalars are stored exactly
+    _, _, stderr = scores("--data", "prepare-data/synthetic", "--reps", reps, reduce="pca")
+    assert "the codes are float16" in " ".join(stderr.split())
+    downstream = runner.invoke(app, ["downstream-gbt", "--data", "prepare-data/synthetic", "--reps", reps, "--sizes",
+                                     "20,10", "--test-size", "10", "--seeds", "0", "--n-jobs", "1", "--root", str(store)])
+    assert downstream.exit_code == 0, downstream.output
+    report = json.load(open(f"{downstream.stdout.strip()}/downstream.json"))
+    assert report["models"][0]["reps"] == str(Path(reps).resolve()) and 0 <= report["summary"]["acc_20"]["mean"] <= 1
+
+
+class CountingInception(torch.nn.Module):
+    """A stand-in FID network that counts the images it sees: (b, 3, 64, 64) -> (b, 8)."""
+
+    def __init__(self, seen: list[int]):
+        super().__init__()
+        self.seen = seen
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 8))
+
+    def forward(self, images):
+        self.seen.append(len(images))
+        return self.net(images)
+
+
+def test_fid_reuses_the_real_images_statistics(store, ldm_artifact, tmp_path, monkeypatch):
+    """The second evaluation reads the 3 real images' statistics from <root>/.cache/fid and
+    passes only its 3 generated images through the network, for the same FID; other weights,
+    --no-fid-cache and a damaged file compute them again."""
+    from dydis.stages import eval_metrics
+
+    seen = []
+    monkeypatch.setattr(eval_metrics, "load_fid_inception", lambda path: CountingInception(seen))
+    weights, other_weights = tmp_path / "inception.pth", tmp_path / "other.pth"
+    weights.write_bytes(b"weights")
+    other_weights.write_bytes(b"other weights")
+
+    def evaluate(*extra, weights=weights):
+        seen.clear()
+        result = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/scored", "--metrics", "fid", "--fid-weights",
+                                     str(weights), "--fid-samples", "3", "--set", "fid_steps=2", "--set",
+                                     "fid_reference=3", "--root", str(store), *extra])
+        assert result.exit_code == 0, result.output
+        results = yaml.safe_load(open(f"{result.stdout.strip()}/manifest.yaml"))["results"]
+        return results["fid_reference"], results["metrics"]["fid"]["mean"], sum(seen), result.stderr
+
+    first, fid, images, _ = evaluate()
+    assert first["source"] == "computed" and first["images"] == 3 and images == 6
+    cached = store / ".cache" / "fid" / f"{first['key']}.npz"
+    assert cached.is_file()
+    second, fid_again, images, _ = evaluate()
+    assert second == {**first, "source": "cache"} and images == 3 and fid_again == fid
+    uncached, fid_again, images, _ = evaluate("--no-fid-cache")
+    assert uncached == first and images == 6 and fid_again == fid
+    other, _, images, _ = evaluate(weights=other_weights)
+    assert other["key"] != first["key"] and other["source"] == "computed" and images == 6
+    cached.write_bytes(cached.read_bytes()[:100])  # truncated
+    repaired, fid_again, images, stderr = evaluate()
+    assert repaired == first and images == 6 and fid_again == fid and "damaged" in stderr
 
 
 def test_downstream_gbt_of_a_model_with_its_scalars(store, ldm_artifact):
@@ -182,10 +254,9 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
     """--eval-every: the scores in train_log.csv, disentanglement.png and the scaled protocol in
     the manifest; the last scores are evaluate's on the representation eval-metrics computes
     from the published model (the dataset's 64 rows are fewer than eval_rows: all of them)."""
-    import numpy as np
-
-    from dydis.data.standard import DatasetFile
     from dydis.metrics import GroundTruth, evaluate
+    from dydis.progress import SilentProgress
+    from dydis.stages.representations import representations
     from dydis.training.csvlog import read_rows
 
     result = runner.invoke(app, ["train-ldm", "--dataset", "synthetic", *LDM_SMALL, "--eval-every", "3", "--name",
@@ -200,15 +271,10 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
     assert [r["step"] for r in log if r["eval_seconds"]] == ["3", "4"]  # every 3rd step and the last
     assert protocol["last"] == {k: float(log[-1][k]) for k in protocol["last"]}
 
-    scored = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/monitored", "--metrics", "mig", "--n-jobs",
-                                 "1", "--root", str(store)])
-    assert scored.exit_code == 0, scored.output
-    with np.load(f"{scored.stdout.strip()}/reps.npz") as reps:
-        codes = reps["codes"].astype(np.float64)
-    trained = ArtifactStore(store).load(path)
-    with DatasetFile(ArtifactStore(store).input_of(trained, "data", "dataset").file("data.h5")) as data:
-        truth = GroundTruth(data.factors, data.factor_sizes)
-    expected = evaluate(codes, truth, metrics=protocol["metrics"], options=protocol["options"])
+    with representations(ArtifactStore(store), models=("train-ldm/monitored",), reps=(), data="", reduce="pca",
+                         gpus=0, batch_size=256, progress=SilentProgress()) as found:  # what eval-metrics scores
+        truth = GroundTruth(found.data.factors, found.data.factor_sizes)
+        expected = evaluate(found.codes[0], truth, metrics=protocol["metrics"], options=protocol["options"])
     assert protocol["last"] == pytest.approx(dict(expected), abs=1e-9)
     assert "step 4, 64 rows: factor_vae" in " ".join(result.stderr.split())
 

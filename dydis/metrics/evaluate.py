@@ -95,8 +95,9 @@ def evaluate(
         Binary attributes (+-1 or 0/1) for TAD.
     tad_protocol : {"dis-dis", "nashae"}
     infomec_active : {"iqr", "range"}
-    fid_features : (real (n, d), generated (m, d)), optional
-        Feature sets for FID (see ``dydis.metrics.fid.compute_features``).
+    fid_features : (real, generated (m, d)), optional
+        For FID: the real feature set (n, d) or its ``reference_statistics``, and the generated
+        features (see ``dydis.metrics.fid``).
     options : {metric: {keyword: value}}, optional
         Extra keywords per metric, e.g. ``{"dci": {"n_train": 1000}}`` for a quick run.
     progress : callable, optional

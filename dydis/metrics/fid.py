@@ -18,11 +18,15 @@ hands it [0, 1] batches of any size, which it resizes and rescales itself::
     net = load_fid_inception(weights_path).to(device)  # dydis.models.inception
     real = compute_features(real_images, net, device=device)
     generated = compute_features(generated_images, net, device=device)
+
+The real side is the same for every model scored on one dataset, so ``reference_statistics``
+reduces it to what FID needs of it, which a caller can keep (``dydis.metrics.fid_reference``
+caches it on disk) and pass to ``fid`` in place of the features.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 
@@ -76,12 +80,28 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (vec * np.sqrt(np.clip(eig, 0.0, None))) @ vec.T
 
 
-def fid(real_features: np.ndarray, generated_features: np.ndarray) -> dict[str, float]:
-    """FID between two feature sets (n_real, d) and (n_generated, d).
+def reference_statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+    """What ``fid`` needs of the real feature set (n, d), to keep in place of it.
 
-    When both sets are smaller than the feature width (smoke runs: a few hundred images of 2048
-    features), the trace term comes from the n_real x n_generated cross product instead of two
-    d x d eigendecompositions: with centred A = X_r / sqrt(n_r - 1) and B = X_g / sqrt(n_g - 1),
+    Fewer features than their width (smoke runs): the features themselves, float64 (n, d), which
+    are smaller than a covariance and let ``fid`` take its cross-product route. Otherwise
+    ``mu`` (d,) and ``sigma`` (d, d), float64, as ``feature_statistics`` computes them. Either
+    way ``fid`` gives the same value as from the features.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim == 2 and len(features) < features.shape[1]:
+        return {"features": features}
+    mu, sigma = feature_statistics(features)
+    return {"mu": mu, "sigma": sigma}
+
+
+def fid(real: np.ndarray | Mapping[str, np.ndarray], generated_features: np.ndarray) -> dict[str, float]:
+    """FID between the real set and a generated feature set (n_generated, d).
+
+    ``real`` is a feature set (n_real, d) or its ``reference_statistics``. When both sets are
+    smaller than the feature width (smoke runs: a few hundred images of 2048 features), the
+    trace term comes from the n_real x n_generated cross product instead of two d x d
+    eigendecompositions: with centred A = X_r / sqrt(n_r - 1) and B = X_g / sqrt(n_g - 1),
     S_r S_g = A^T A B^T B has the non-zero eigenvalues of (A B^T)(A B^T)^T, so
     tr (S_r S_g)^(1/2) is the sum of the singular values of A B^T. Same value, far less work.
 
@@ -90,7 +110,11 @@ def fid(real_features: np.ndarray, generated_features: np.ndarray) -> dict[str, 
     dict
         ``fid``.
     """
-    real, generated = (np.asarray(f, dtype=np.float64) for f in (real_features, generated_features))
+    if isinstance(real, Mapping):
+        if "features" not in real:
+            return {"fid": frechet_distance(real["mu"], real["sigma"], *feature_statistics(generated_features))}
+        real = real["features"]
+    real, generated = (np.asarray(f, dtype=np.float64) for f in (real, generated_features))
     if real.ndim == generated.ndim == 2 and real.shape[1] == generated.shape[1] and \
             max(len(real), len(generated)) < real.shape[1] and min(len(real), len(generated)) >= 2:
         a = (real - real.mean(0)) / np.sqrt(len(real) - 1)
