@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Literal
 
 import pytest
@@ -146,22 +145,13 @@ def test_learning_rates_outside_0_1_are_refused(cls, key, rate):
 
 
 @pytest.mark.parametrize("cls, old", [("EvalMetricsConfig", "dci_backend"), ("DownstreamGBTConfig", "backend")])
-def test_the_tree_backend_has_one_name_and_the_old_one_still_works_with_a_warning(caplog, cls, old):
+def test_the_tree_backend_has_one_name_and_the_old_one_still_works_with_a_warning(dydis_warnings, cls, old):
     import dydis.config as config
 
     sources = {"reps": ["r.npz"], "data": "d"}
-    # the CLI's show_logs stops the records propagating to caplog's handler once a CLI test ran, so
-    # the handler goes on the logger itself; without propagation it sees each record once either way
-    logger = logging.getLogger("dydis")
-    propagate, logger.propagate = logger.propagate, False
-    logger.addHandler(caplog.handler)
-    try:
-        cfg = config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn"])
-    finally:
-        logger.removeHandler(caplog.handler)
-        logger.propagate = propagate
+    cfg = config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn"])
     assert cfg.gbt_backend == "sklearn"
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in dydis_warnings.records] == [
         f"config key {old} is renamed gbt_backend; the old name goes in the next release"]
     with pytest.raises(ConfigError, match=f"config keys {old} and gbt_backend: one setting under two names"):
         config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn", "gbt_backend=fast"])
