@@ -90,10 +90,11 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
         with progress.task("loading images", total=1, unit="file") as task:
             images = data.images[()]
             task.advance(1)
-        monitor = DisentanglementMonitor(images, data.factors, data.factor_sizes, data.factor_names,
-                                         every=cfg.eval_every, rows=cfg.eval_rows, metrics=cfg.eval_metrics
-                                         ) if cfg.eval_every else None
+        factors = data.factors, data.factor_sizes, data.factor_names
     latents, scale = load_latents(vqgan_artifact, len(images), cfg)
+    monitor = DisentanglementMonitor(images, *factors, every=cfg.eval_every, rows=cfg.eval_rows,
+                                     metrics=cfg.eval_metrics, latents=latents,
+                                     num_timesteps=cfg.diffusion.timesteps) if cfg.eval_every else None
     world = max(1, cfg.gpus)
     if len(images) < cfg.batch_size * world:
         raise ConfigError(f"config key batch_size: {cfg.batch_size} x {world} processes is more than the "
@@ -128,7 +129,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
             evaluated = [row for row in log_rows if row.get("eval_seconds")]
             loss_curves(evaluated, monitor.columns, writer.dir / "disentanglement.png",
                         f"train-ldm {name}: on {len(monitor.rows)} rows, scaled protocol (not eval-metrics')",
-                        scores=tuple(c for c in monitor.columns if c != "factor_vae_active"), marker="o")
+                        scores=monitor.plotted, marker="o")
             writer.results["disentanglement_while_training"] = {
                 **monitor.describe(), "last": {k: float(evaluated[-1][k]) for k in monitor.columns}}
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:

@@ -39,9 +39,10 @@ def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, latents, torch.arange(32)
 
 
-def _monitor(images: torch.Tensor, rows: int, metrics=("factor_vae", "dci", "mig")) -> DisentanglementMonitor:
+def _monitor(images: torch.Tensor, rows: int, metrics=("factor_vae", "dci", "mig"),
+             latents: torch.Tensor | None = None) -> DisentanglementMonitor:
     return DisentanglementMonitor(images.numpy(), grid_factors(SIZES), SIZES, list("abcde"), every=2, rows=rows,
-                                  metrics=metrics)
+                                  metrics=metrics, latents=None if latents is None else latents.numpy())
 
 
 def _log(run_dir) -> list[dict[str, str]]:
@@ -62,7 +63,7 @@ def test_scores_are_logged_on_due_steps_without_changing_training_and_resume_con
     data = _data()
     plain = training.fit(CPU, _config(), *data, tmp_path / "plain", resume=False)
     monitored = training.fit(CPU, _config(), *data, tmp_path / "monitored", resume=False,
-                             monitor=_monitor(data[0], rows=2_000, metrics=FAST))
+                             monitor=_monitor(data[0], rows=2_000, metrics=FAST, latents=data[1]))
     _same_weights(plain, monitored)
     assert monitored.training  # the evaluation's eval mode was undone
 
@@ -74,6 +75,7 @@ def test_scores_are_logged_on_due_steps_without_changing_training_and_resume_con
         assert all(0 <= float(row[k]) <= 1 for k in columns if k != "factor_vae_active")
         assert 0 <= float(row["factor_vae_active"]) <= 6  # kept codes of the tiny preset's 6 units
     assert float(rows[0]["eval_seconds"]) > 0
+    assert all(float(r["cond_loss"]) > 0 and float(r["shuffled_loss"]) > 0 for r in rows)  # the probe ran
 
     training.fit(CPU, _config(max_steps=3, log_every=4), *data, tmp_path / "split", resume=False,
                  monitor=_monitor(data[0], rows=2_000, metrics=FAST))

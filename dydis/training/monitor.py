@@ -30,6 +30,7 @@ from dydis.metrics import GroundTruth, evaluate
 from dydis.metrics.evaluate import METRIC_KEYS
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
+from dydis.training.conditioning import COLUMNS as CONDITIONING_COLUMNS, ConditioningProbe
 from dydis.training.ldm import represent
 
 # the metrics a run can follow while training, with the train_log.csv columns ``evaluate`` gives each
@@ -66,11 +67,16 @@ class DisentanglementMonitor:
         Subsample size; a smaller dataset is evaluated whole, in row order (for a full grid,
         then eval-metrics' exact-lookup sampling, with the scaled counts).
     metrics : names among ``SCORES``
+    latents : (n_rows, c, h, w), scaled as for training, optional
+        With them each evaluation also measures how much the U-Net reads the units
+        (``ConditioningProbe``, on the first rows of the subsample).
+    num_timesteps : T of the diffusion, for the probe's timesteps
     """
 
     def __init__(self, images: np.ndarray, factors: np.ndarray, factor_sizes: Sequence[int],
                  factor_names: Sequence[str], *, every: int, rows: int,
-                 metrics: Sequence[str] = ("factor_vae", "dci", "mig")):
+                 metrics: Sequence[str] = ("factor_vae", "dci", "mig"), latents: np.ndarray | None = None,
+                 num_timesteps: int = 1000):
         if not factor_sizes:
             raise ConfigError("config key eval_every: FactorVAE, DCI and MIG need ground-truth factors and this "
                               "dataset has none (CelebA); train with eval_every 0")
@@ -86,11 +92,18 @@ class DisentanglementMonitor:
         self.images = np.ascontiguousarray(images[picked])
         self.ground_truth = GroundTruth(np.asarray(factors)[picked], factor_sizes)
         self.options = {metric: counts for metric, counts in protocol_options(len(picked)).items() if metric in metrics}
+        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], num_timesteps, SEED)
 
     @property
     def columns(self) -> list[str]:
         """The score columns each evaluation adds to the log (``eval_seconds`` besides)."""
-        return [key for metric in self.metrics for key in SCORES[metric]]
+        probe = list(CONDITIONING_COLUMNS) if self.probe is not None else []
+        return [key for metric in self.metrics for key in SCORES[metric]] + probe
+
+    @property
+    def plotted(self) -> tuple[str, ...]:
+        """The columns on a 0-1 scale that the figure of the scores draws."""
+        return tuple(c for c in self.columns if c not in ("factor_vae_active", "cond_loss", "shuffled_loss"))
 
     def due(self, step: int, last_step: int) -> bool:
         return step % self.every == 0 or step == last_step
@@ -110,6 +123,8 @@ class DisentanglementMonitor:
         scores = evaluate(units.astype(np.float64), self.ground_truth, metrics=self.metrics, seed=SEED,
                           options=self.options)
         row = {key: float(value) for key, value in scores.items()}
+        if self.probe is not None:
+            row.update(self.probe.measure(model, device))
         row["eval_seconds"] = round(time.perf_counter() - started, 2)
         log.info("step %d, %d rows: %s (%.1f s)", step, len(self.images),
                  ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "eval_seconds"), row["eval_seconds"])
