@@ -236,8 +236,13 @@ class RichProgress:
             yield _RichTask(progress, progress.add_task(description, total=total, rate=""), description, unit)
 
 
+# A training loop's log values as `key value` pairs: the epoch with 2 decimals, images/s with 1,
+# every other value (the losses) with 4 significant digits, in both loops and both displays.
+_FORMATS = {"epoch": ".2f", "images/s": ".1f"}
+
+
 def _values(values: dict[str, float]) -> str:
-    return " ".join(f"{key} {value:.5g}" for key, value in values.items())
+    return " ".join(f"{key} {value:{_FORMATS.get(key, '.4g')}}" for key, value in values.items())
 
 
 def _clock(seconds: float) -> str:
