@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Optional, get_ar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -140,8 +141,8 @@ def debug_enabled(flag: bool = False) -> bool:
 
 
 def print_error(message: str) -> None:
-    """The one ``error: ...`` line on stderr."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The one ``error: ...`` line on stderr; the message is text, not markup (``'.[tensorboard]'``)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -184,7 +185,7 @@ def handle_errors(command: Callable) -> Callable:
             if debug:
                 traceback.print_exc(file=sys.stderr)
             else:
-                console.print(f"[bold red]error:[/] internal failure: {err.__class__.__name__}: {err} "
+                console.print(f"[bold red]error:[/] internal failure: {err.__class__.__name__}: {escape(str(err))} "
                               "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
 
