@@ -58,6 +58,10 @@ RunsOpt = Annotated[Path, typer.Option(help="Work directory for checkpoints and 
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the checkpoint in the run folder (same config).")]
 RestartOpt = Annotated[bool, typer.Option(help="Delete the run folder's checkpoint and logs and start over, once "
                                                "every check has passed.")]
+TensorBoardOpt = Annotated[Optional[bool], typer.Option(
+    "--tensorboard/--no-tensorboard", help="Also write the logged values and the final image sheet as TensorBoard "
+                                           "events into RUNS/<stage>/NAME/tensorboard [default: on when the "
+                                           "tensorboard package is installed].", show_default=False)]
 
 
 def config_default(config_class: type, key: str) -> Any:
