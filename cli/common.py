@@ -17,6 +17,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Optional, get_ar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
@@ -57,6 +58,10 @@ RunsOpt = Annotated[Path, typer.Option(help="Work directory for checkpoints and 
 ResumeOpt = Annotated[bool, typer.Option(help="Continue the checkpoint in the run folder (same config).")]
 RestartOpt = Annotated[bool, typer.Option(help="Delete the run folder's checkpoint and logs and start over, once "
                                                "every check has passed.")]
+TensorBoardOpt = Annotated[Optional[bool], typer.Option(
+    "--tensorboard/--no-tensorboard", help="Also write the logged values and the final image sheet as TensorBoard "
+                                           "events into RUNS/<stage>/NAME/tensorboard [default: on when the "
+                                           "tensorboard package is installed].", show_default=False)]
 
 
 def config_default(config_class: type, key: str) -> Any:
@@ -140,8 +145,8 @@ def debug_enabled(flag: bool = False) -> bool:
 
 
 def print_error(message: str) -> None:
-    """The one ``error: ...`` line on stderr."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The one ``error: ...`` line on stderr; the message is text, not markup (``'.[tensorboard]'``)."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -184,7 +189,7 @@ def handle_errors(command: Callable) -> Callable:
             if debug:
                 traceback.print_exc(file=sys.stderr)
             else:
-                console.print(f"[bold red]error:[/] internal failure: {err.__class__.__name__}: {err} "
+                console.print(f"[bold red]error:[/] internal failure: {err.__class__.__name__}: {escape(str(err))} "
                               "(run with --debug for the traceback)", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
 
@@ -236,8 +241,13 @@ class RichProgress:
             yield _RichTask(progress, progress.add_task(description, total=total, rate=""), description, unit)
 
 
+# A training loop's log values as `key value` pairs: the epoch with 2 decimals, images/s with 1,
+# every other value (the losses) with 4 significant digits, in both loops and both displays.
+_FORMATS = {"epoch": ".2f", "images/s": ".1f"}
+
+
 def _values(values: dict[str, float]) -> str:
-    return " ".join(f"{key} {value:.5g}" for key, value in values.items())
+    return " ".join(f"{key} {value:{_FORMATS.get(key, '.4g')}}" for key, value in values.items())
 
 
 def _clock(seconds: float) -> str:

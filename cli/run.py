@@ -15,12 +15,13 @@ from rich.table import Table
 from dydis.cli.common import (DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors,
                               seed_list)
 from dydis.cli.report import summary_table
-from dydis.workflow import Outcome, Workflow, execute, load_workflow, sweep_points
+from dydis.workflow import Outcome, Workflow, execute, find_workflow, load_workflow, sweep_points
 
 
 @handle_errors
 def run(
-    workflow: Annotated[Path, typer.Argument(help="The workflow file, e.g. workflow.yaml.")],
+    workflow: Annotated[Optional[Path], typer.Argument(help="The workflow file [default: workflow.yaml here, else the "
+                                                            "one installed with dydis].", show_default=False)] = None,
     profile: Annotated[Optional[str], typer.Option(metavar="PROFILE", help="Profile to merge over the file, e.g. smoke, cpu-study, "
                                                         "paper [default: the file's `profile`].",
                                                    show_default=False)] = None,
@@ -59,6 +60,8 @@ def run(
     the last stage's artifact path on stdout, the metrics and each stage's wall time on stderr.
     Examples:
 
+      dydis run --profile smoke
+
       dydis run workflow.yaml --profile smoke
 
       dydis run workflow.yaml --profile paper --set dataset=cars3d --set data_dir=/data --seeds 42,43,44
@@ -67,7 +70,7 @@ def run(
     """
     from dydis.stages.workflow import STAGES  # deferred: imports torch
 
-    plan = load_workflow(workflow, STAGES, profile=profile, overrides=set_)
+    plan = load_workflow(find_workflow(workflow), STAGES, profile=profile, overrides=set_)
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     if dry_run:
         for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=seed_list(seeds) or (), points=points,

@@ -7,8 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt,
-                              SetOpt, choices, console, console_progress, emit_result, handle_errors, seed_option, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt, SetOpt,
+                              TensorBoardOpt, choices, console, console_progress, emit_result, handle_errors,
+                              seed_option, store_for)
 from dydis.config import DyGARunConfig, TrainLDMConfig, build_config
 from dydis.errors import ConfigError
 
@@ -86,6 +87,7 @@ def train_ldm(
     resume: ResumeOpt = False,
     restart: RestartOpt = False,
     runs: RunsOpt = Path("runs"),
+    tensorboard: TensorBoardOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -118,7 +120,7 @@ def train_ldm(
                                  "backbone_dropout": backbone_dropout}))
     cfg = build_config(TrainLDMConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
-                       progress=console_progress())
+                         progress=console_progress(), tensorboard=tensorboard)
     if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
         return
     r = artifact.results

@@ -7,8 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt,
-                              SetOpt, choices, console, console_progress, emit_result, handle_errors, seed_option, store_for)
+from dydis.cli.common import (ConfigOpt, DebugOpt, NameOpt, RestartOpt, ResumeOpt, RootOpt, RunsOpt, SetOpt,
+                              TensorBoardOpt, choices, console, console_progress, emit_result, handle_errors,
+                              seed_option, store_for)
 from dydis.config import TrainVQGANConfig, build_config
 
 Preset = choices(TrainVQGANConfig, "preset")
@@ -38,6 +39,7 @@ def train_vqgan(
     resume: ResumeOpt = False,
     restart: RestartOpt = False,
     runs: RunsOpt = Path("runs"),
+    tensorboard: TensorBoardOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     root: RootOpt = None,
@@ -58,7 +60,7 @@ def train_vqgan(
                  lpips=lpips, seed=seed)
     cfg = build_config(TrainVQGANConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, runs_dir=runs, resume=resume, restart=restart,
-                       progress=console_progress())
+                         progress=console_progress(), tensorboard=tensorboard)
     if artifact is None:  # a torchrun rank other than 0: rank 0 publishes
         return
     r = artifact.results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +10,7 @@ import typer
 from dydis.cli.common import (ConfigOpt, DebugOpt, GpusOpt, RootOpt, SetOpt, choices, console, console_progress,
                               emit_result, handle_errors, seed_option, store_for)
 from dydis.config import VisualizeConfig, build_config
+from dydis.errors import ConfigError
 
 Figure = choices(VisualizeConfig, "what")
 Embedding = choices(VisualizeConfig, "embedding")
@@ -27,9 +29,8 @@ def visualize(
                                                  show_default=False)] = None,
     images: Annotated[Optional[int], typer.Option(help="Images, one row each (attention) [default: 4].",
                                                   show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Images on each interpolation line between two images, both ends included "
-                                                      "(not sampler steps) [default: 8].",
-                                                 show_default=False)] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Images on each interpolation line between two images, both ends "
+                                                       "included [default: 8].", show_default=False)] = None,
     points: Annotated[Optional[int], typer.Option(help="Images embedded in the units plot [default: 2000].",
                                                   show_default=False)] = None,
     ddim_steps: Annotated[Optional[int], typer.Option(help="DDIM sampler steps per generated image, eta 0 [default: 100].",
@@ -47,6 +48,8 @@ def visualize(
                                                 show_default=False)] = None,
     seed: seed_option(VisualizeConfig) = None,
     debug: DebugOpt = False,
+    steps: Annotated[Optional[int], typer.Option("--steps", hidden=True, help="The old name of --frames.",
+                                                 show_default=False)] = None,
 ) -> None:
     """Draw a figure of the paper from an ldm artifact into a viz artifact (WHAT.png).
 
@@ -62,7 +65,14 @@ def visualize(
     """
     from dydis.stages import visualize as stage  # deferred: imports torch and matplotlib
 
-    flags = dict(what=what, models=model, data=data, pairs=pairs, images=images, steps=steps, points=points,
+    if steps is not None:  # --frames was --steps, which read like the sampler's steps (--ddim-steps)
+        if frames is not None:
+            raise ConfigError("--steps and --frames: one setting under two names; keep --frames")
+        logging.getLogger("dydis").warning("--steps is renamed --frames (images on each interpolation line; "
+                                           "--ddim-steps counts the sampler's steps); the old name goes in the "
+                                           "next release")
+        frames = steps
+    flags = dict(what=what, models=model, data=data, pairs=pairs, images=images, frames=frames, points=points,
                  ddim_steps=ddim_steps, embedding=embedding, batch_size=batch_size, gpus=gpus, seed=seed)
     cfg = build_config(VisualizeConfig, file=config, flags=flags, overrides=set_)
     artifact = stage.run(cfg, store_for(root), name=name, progress=console_progress())

@@ -524,12 +524,13 @@ VizWhat = Literal["interchange", "attention", "interpolate", "units", "curves"]
 class VisualizeConfig:
     """`visualize`: the paper's figures from ldm artifacts (Figs. 1, 3, 4, 6-11)."""
 
+    renamed_keys = {"steps": "frames"}  # it counts images, and read like the sampler's steps (ddim_steps)
     what: VizWhat | None = None  # which figure
     models: tuple[str, ...] = ()  # ldm artifacts; several only for curves (one loss line each)
     data: str = ""  # dataset artifact the images come from; default: the model's training data
     pairs: int = 4  # source/target pairs (interchange, interpolate), seeded picks
     images: int = 4  # images, one row each (attention)
-    steps: int = 8  # points on each interpolation line, both ends included
+    frames: int = 8  # images on each interpolation line, both ends included (interpolate)
     points: int = 2_000  # images whose units the units plot embeds (seeded subsample; all if fewer)
     ddim_steps: int = 100  # the paper's DDIM sampling (eta 0)
     embedding: Literal["auto", "pacmap", "pca"] = "auto"  # units plot; auto = PaCMAP (as Fig. 1) if installed
@@ -549,8 +550,8 @@ class VisualizeConfig:
         for key in ("pairs", "images", "points", "ddim_steps", "batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"config key {key}: expected at least 1, found {getattr(self, key)}")
-        if self.steps < 2:
-            raise ConfigError(f"config key steps: expected at least 2 (both ends), found {self.steps}")
+        if self.frames < 2:
+            raise ConfigError(f"config key frames: expected at least 2 (both ends), found {self.frames}")
         if self.gpus < 0:
             raise ConfigError(f"config key gpus: expected 0 (CPU) or more, found {self.gpus}")
 

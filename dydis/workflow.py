@@ -164,6 +164,22 @@ class Outcome:
 
 # ---- reading and checking workflow.yaml ---------------------------------------------------
 
+# The default pipeline installed with dydis, so that `dydis run` works outside the repository: a
+# link to the repository's top-level workflow.yaml, one file, whose content a build copies in.
+PACKAGED = Path(__file__).with_name("workflow.yaml")
+
+
+def find_workflow(path: str | Path | None) -> Path:
+    """The workflow `dydis run` reads: the file given; else ``workflow.yaml`` in the working
+    directory, as make reads the Makefile there; else the one installed with dydis (``PACKAGED``)."""
+    if path is not None:
+        return Path(path)
+    if Path("workflow.yaml").is_file():
+        return Path("workflow.yaml")
+    log.info("no workflow.yaml in %s: running the one installed with dydis, %s", Path.cwd(), PACKAGED)
+    return PACKAGED
+
+
 def load_workflow(path: str | Path, specs: Mapping[str, StageSpec], *, profile: str | None = None,
                   overrides: list[str] | None = None) -> Workflow:
     """Parse, merge and check a workflow; every step's config is built once to catch bad values early.

@@ -30,6 +30,7 @@ from dydis.training.checkpoint import load_checkpoint
 from dydis.training.csvlog import read_rows
 from dydis.training.monitor import DisentanglementMonitor
 from dydis.training.runs import RunFolder
+from dydis.training.tensorboard import open_board, tensorboard_enabled
 from dydis.viz.sampler import Sampler
 
 STAGE = "train-ldm"
@@ -70,20 +71,25 @@ def load_latents(vqgan: Artifact, n_rows: int, cfg: TrainLDMConfig) -> tuple[np.
 
 
 def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
-        resume: bool = False, restart: bool = False, progress: Progress | None = None) -> Artifact | None:
+        resume: bool = False, restart: bool = False, progress: Progress | None = None,
+        tensorboard: bool | None = None) -> Artifact | None:
     """Train in ``runs_dir/train-ldm/<name>`` and publish the ldm artifact (None on torchrun's
     ranks other than 0). ``resume`` continues the run folder's checkpoint, ``restart`` deletes
     it first; a folder holding a checkpoint needs one of them, and the folder stays locked until
-    the artifact is published (``dydis.training.runs``)."""
+    the artifact is published (``dydis.training.runs``). ``tensorboard`` (None: when installed)
+    also writes the logs and the sample sheet as TensorBoard events into the run folder; it is no
+    config key, as it changes nothing the artifact holds (and so no resume or workflow cache)."""
+    board = tensorboard_enabled(tensorboard)
     cfg, data_artifact, vqgan_artifact = resolve_inputs(cfg, store)
     folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
     owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
     with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
-        return _train(cfg, store, folder, data_artifact, vqgan_artifact, resume, owner, progress or SilentProgress())
+        return _train(cfg, store, folder, data_artifact, vqgan_artifact, resume, owner, progress or SilentProgress(),
+                      board)
 
 
 def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_artifact: Artifact,
-           vqgan_artifact: Artifact, resume: bool, owner: bool, progress: Progress) -> Artifact | None:
+           vqgan_artifact: Artifact, resume: bool, owner: bool, progress: Progress, board: bool) -> Artifact | None:
     name, run_dir = folder.path.name, folder.path
     device = pick_device(cfg.gpus)
     with DatasetFile(data_artifact.file("data.h5")) as data:
@@ -104,7 +110,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
     started = time.perf_counter()
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
            torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None,
-           monitor)
+           monitor, board)
     train_seconds = time.perf_counter() - started
     if not owner:
         return None
@@ -135,6 +141,9 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:
             _sample_sheet(writer.dir / "model.pt", decoder, images, cfg, device, writer.dir / "samples.png")
             task.advance(1)
+        with open_board(run_dir, board) as events:  # the loop draws no images: the final sheet only
+            if events is not None:
+                events.image("samples", writer.dir / "samples.png", int(state["step"]))
         writer.results.update({
             "steps": int(state["step"]),
             "epochs": float(log_rows[-1]["epoch"]) if log_rows else 0.0,

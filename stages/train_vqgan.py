@@ -24,6 +24,7 @@ from dydis.progress import Progress, SilentProgress
 from dydis.training import vqgan as training
 from dydis.training.checkpoint import load_checkpoint
 from dydis.training.runs import RunFolder
+from dydis.training.tensorboard import open_board, tensorboard_enabled
 
 STAGE = "train-vqgan"
 log = logging.getLogger("dydis.train_vqgan")
@@ -38,19 +39,21 @@ def split_rows(n: int, holdout: int, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
-        resume: bool = False, restart: bool = False, progress: Progress | None = None) -> Artifact | None:
+        resume: bool = False, restart: bool = False, progress: Progress | None = None,
+        tensorboard: bool | None = None) -> Artifact | None:
     """Train in ``runs_dir/train-vqgan/<name>`` and publish the vqgan artifact (None on torchrun's
-    ranks other than 0); ``resume``, ``restart`` and the folder's lock as in train-ldm
-    (``dydis.training.runs``)."""
+    ranks other than 0); ``resume``, ``restart``, the folder's lock and ``tensorboard`` (the log
+    and the reconstruction sheet) as in train-ldm (``dydis.training.runs``)."""
+    board = tensorboard_enabled(tensorboard)
     data_artifact = store.load(cfg.data, kind="dataset")
     folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
     owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
     with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
-        return _train(cfg, store, folder, data_artifact, resume, owner, progress or SilentProgress())
+        return _train(cfg, store, folder, data_artifact, resume, owner, progress or SilentProgress(), board)
 
 
 def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_artifact: Artifact, resume: bool,
-           owner: bool, progress: Progress) -> Artifact | None:
+           owner: bool, progress: Progress, board: bool) -> Artifact | None:
     name, run_dir = folder.path.name, folder.path
     device = pick_device(cfg.gpus)
     lpips = training.load_lpips(cfg)  # first: a missing or refused weights file stops before any work
@@ -63,7 +66,7 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
     started = time.perf_counter()
     world = max(1, cfg.gpus)
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
-           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None, lpips)
+           torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None, lpips, board)
     train_seconds = time.perf_counter() - started
     if not owner:
         return None
@@ -83,6 +86,9 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
         sheet = np.concatenate([images[shown[:8]], training.reconstruct(model, images[shown[:8]], device),
                                 images[shown[8:16]], training.reconstruct(model, images[shown[8:16]], device)])
         save_grid(sheet, writer.dir / "reconstructions.png")
+        with open_board(run_dir, board) as events:  # the loop draws no images: the final sheet only
+            if events is not None:
+                events.image("reconstructions", writer.dir / "reconstructions.png", int(state["step"]))
         shutil.copy(run_dir / training.LOG_CSV, writer.dir / "loss.csv")
         loss_curves(log_rows, ["l1", "lpips", "codebook", "g_loss", "d_loss", "d_weight"], writer.dir / "loss.png",
                     f"train-vqgan {name}")

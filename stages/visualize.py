@@ -111,9 +111,9 @@ def _interpolate(cfg: VisualizeConfig, store: ArtifactStore, model_artifact: Art
                  path: Path, progress: Progress) -> dict:
     rows, starts, ends = _pairs(dataset, cfg)
     sampler = _sampler(cfg, store, model_artifact)
-    with progress.task("interpolate: DDIM", total=cfg.pairs * cfg.steps, unit="img") as task:
+    with progress.task("interpolate: DDIM", total=cfg.pairs * cfg.frames, unit="img") as task:
         sampler.on_images = task.advance
-        cells = latent_interpolation(sampler, starts, ends, cfg.steps, cfg.seed)
+        cells = latent_interpolation(sampler, starts, ends, cfg.frames, cfg.seed)
     figures.interpolation_table(starts, ends, cells, path, _title(model_artifact, "latent interpolation", cfg))
     return {"starts": rows[: cfg.pairs], "ends": rows[cfg.pairs:]}
 

@@ -106,6 +106,24 @@ def test_internal_failure_exits_1_without_traceback(monkeypatch, tmp_path):
     assert result.exit_code == 1 and "Traceback" in result.stderr
 
 
+@pytest.mark.parametrize("error, code, line", [
+    ("ConfigError", 2, "error: pip install -e '.[tensorboard]', or [bold]not bold[/bold]"),
+    ("ValueError", 1, "error: internal failure: ValueError: pip install -e '.[tensorboard]', or [bold]not bold[/bold] "
+                      "(run with --debug for the traceback)"),
+])
+def test_error_messages_are_text_not_markup(monkeypatch, tmp_path, error, code, line):
+    """Square brackets in a message (an extra's name, a choice list) are printed as written."""
+    from dydis import errors
+    from dydis.stages import prepare_data
+
+    def fails(*args, **kwargs):
+        raise getattr(errors, error, ValueError)("pip install -e '.[tensorboard]', or [bold]not bold[/bold]")
+
+    monkeypatch.setattr(prepare_data, "run", fails)
+    result = runner.invoke(app, ["prepare-data", "--root", str(tmp_path)])
+    assert result.exit_code == code and " ".join(result.stderr.split()) == line
+
+
 def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     """The console script's entry point on ``dydis ARGS``: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["dydis", *args])

@@ -52,13 +52,23 @@ def test_a_task_that_logs_prints_its_log_steps_and_says_where_it_stopped(lines):
             clock.now += 0.5
             task.advance(1)
             if step % 40 == 0:  # a log line every 20 s: no other line in between
-                task.log({"epoch": step / 40, "loss": 0.23412345, "images/s": 145.25})
+                task.log({"epoch": step / 37, "loss": 0.23412345, "images/s": 145.2})
         raise KeyboardInterrupt
     assert lines() == ["train-ldm start 1200/2400 step",
-                       "train-ldm step 1240/2400 epoch 31 loss 0.23412 images/s 145.25 eta 0:09:40",
-                       "train-ldm step 1280/2400 epoch 32 loss 0.23412 images/s 145.25 eta 0:09:20",
-                       "train-ldm step 1320/2400 epoch 33 loss 0.23412 images/s 145.25 eta 0:09:00",
+                       "train-ldm step 1240/2400 epoch 33.51 loss 0.2341 images/s 145.2 eta 0:09:40",
+                       "train-ldm step 1280/2400 epoch 34.59 loss 0.2341 images/s 145.2 eta 0:09:20",
+                       "train-ldm step 1320/2400 epoch 35.68 loss 0.2341 images/s 145.2 eta 0:09:00",
                        "train-ldm stopped at 1320/2400 step in 0:01:00"]
+
+
+def test_log_values_print_the_epoch_with_2_decimals_and_losses_with_4_significant_digits(lines):
+    """train-vqgan's line as it was reported (`epoch 0.1339 l1 0.55352`), and tiny or large losses."""
+    with PlainProgress(Clock()).task("train-vqgan", total=1100, unit="step") as task:
+        task.advance(30)
+        task.log({"epoch": 0.13392857, "l1": 0.553524, "images/s": 17.5})
+        task.log({"epoch": 2, "l1": 0.000123456, "g_loss": 1234.56, "images/s": 17.5})
+    assert lines()[1:3] == ["train-vqgan step 30/1100 epoch 0.13 l1 0.5535 images/s 17.5 eta ?",
+                            "train-vqgan step 30/1100 epoch 2.00 l1 0.0001235 g_loss 1235 images/s 17.5 eta ?"]
 
 
 def test_a_task_refused_before_its_first_advance_prints_nothing(lines):

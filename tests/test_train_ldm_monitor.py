@@ -184,8 +184,9 @@ class _RecordingMonitor(DisentanglementMonitor):
         return super().evaluate(model, device, step, progress)
 
 
-def _ddp_worker(ctx, cfg, images, latents, rows, run_dir, monitor):
-    model = training.fit(ctx, cfg, images, latents, rows, run_dir, resume=False, monitor=monitor)
+def _ddp_worker(ctx, cfg, images, latents, rows, run_dir, monitor, tensorboard):
+    model = training.fit(ctx, cfg, images, latents, rows, run_dir, resume=False, monitor=monitor,
+                         tensorboard=tensorboard)
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()])
     gathered = [torch.zeros_like(checksum) for _ in range(ctx.world_size)]
     torch.distributed.all_gather(gathered, checksum)
@@ -194,16 +195,20 @@ def _ddp_worker(ctx, cfg, images, latents, rows, run_dir, monitor):
 
 
 def test_with_two_processes_only_the_main_one_evaluates(tmp_path):
+    """... and only it writes TensorBoard events (one file), when the package is installed."""
     from dydis.distributed import launch
+    from dydis.training.tensorboard import FOLDER, tensorboard_enabled
 
     images, latents, rows = _data()
     monitor = _RecordingMonitor(images.numpy(), grid_factors(SIZES), SIZES, list("abcde"), every=1, rows=32,
                                 metrics=("mig",))
     monitor.run_dir = tmp_path
+    board = tensorboard_enabled(None)
     launch(_ddp_worker, 2, "gloo", _config(max_steps=2, batch_size=4, log_every=2), images, latents, rows, tmp_path,
-           monitor)
+           monitor, board)
     assert sorted(p.name for p in tmp_path.glob("evaluated_by_*")) == ["evaluated_by_rank_0_at_1",
                                                                       "evaluated_by_rank_0_at_2"]
+    assert len(list((tmp_path / FOLDER).glob("events.out.tfevents.*"))) == (1 if board else 0)
     assert [(r["step"], bool(r["mig"])) for r in _log(tmp_path)] == [("1", True), ("2", True)]
     sums = torch.load(tmp_path / "sums.pt")
     torch.testing.assert_close(sums[0], sums[1], rtol=0, atol=1e-9)  # the processes stayed in step

@@ -385,13 +385,13 @@ def test_a_run_with_a_checkpoint_is_never_deleted_implicitly(store, tmp_path):
             str(store), "--runs", str(runs)]
     assert runner.invoke(app, args).exit_code == 0
     folder = runs / "train-ldm" / "kept"
-    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    before = {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}  # tensorboard/ too
     again = runner.invoke(app, args)  # e.g. after Ctrl-C, without --resume
     assert _one_line(again) == (f"error: {folder}: this run folder holds a checkpoint: continue it with --resume, "
                                 "or delete it and start over with --restart")
     rejected = runner.invoke(app, [*args, "--restart", "--batch-size", "512"])  # --restart, but a bad value
     assert "config key batch_size: 512 x 1 processes is more than the 64 images" in _one_line(rejected)
-    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     restarted = runner.invoke(app, [*args, "--restart", "--seed", "7"])
     assert restarted.exit_code == 0, restarted.output
     assert load_checkpoint(folder / "checkpoint.pt")["config"]["seed"] == 7

@@ -12,6 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dydis.cli.main import app
+from dydis.config import VisualizeConfig, build_config
 from dydis.dyga import DyGA
 from dydis.models.config import (FEATURE_EXTRACTOR_PRESETS, UNET_PRESETS, VQGAN_PRESETS, DiffusionConfig)
 from dydis.models.ldm import LatentDiffusion
@@ -142,7 +143,7 @@ VQ_TINY = ["--preset", "tiny", "--max-steps", "1", "--batch-size", "8", "--set",
 LDM_TINY = ["--preset", "tiny", "--max-steps", "4", "--batch-size", "8", "--latent-units", str(N_UNITS),
             "--set", "dyga.subsample=32", "--set", "dyga.max_components=4", "--set", "dyga.max_iter=5",
             "--set", "diffusion.ddim_steps=2", "--set", "sample_images=2"]
-FAST = ["--ddim-steps", "2", "--pairs", "2", "--images", "2", "--steps", "3", "--points", "32"]
+FAST = ["--ddim-steps", "2", "--pairs", "2", "--images", "2", "--frames", "3", "--points", "32"]
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +189,22 @@ def test_visualize_bad_input_is_one_line_and_exit_2(store, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == ""
+
+
+def test_the_old_name_of_frames_still_works_with_one_warning(store):
+    """--frames was --steps (it counts images, and read like --ddim-steps): the old option and
+    config key still set it, with a warning naming the new one; both at once is an error."""
+    result = runner.invoke(app, ["visualize", "interpolate", "--model", "train-ldm/synthetic", *FAST[:4], "--steps", "3",
+                                 "--name", "old-steps", "--root", str(store)])
+    assert result.exit_code == 0, result.output
+    stderr = " ".join(result.stderr.split())
+    assert stderr.count("--steps is renamed --frames") == 1
+    manifest = yaml.safe_load(open(f"{result.stdout.strip()}/manifest.yaml"))
+    assert manifest["config"]["frames"] == 3 and "steps" not in manifest["config"]
+    both = runner.invoke(app, ["visualize", "interpolate", "--model", "train-ldm/synthetic", "--steps", "3",
+                               "--frames", "3", "--root", str(store)])
+    assert both.exit_code == 2 and "--steps and --frames: one setting under two names" in both.stderr
+    assert build_config(VisualizeConfig, flags={"what": "interpolate", "models": ["m"]}, overrides=["steps=5"]).frames == 5
 
 
 def test_curves_read_the_gradient_norm_and_delta_columns_where_they_exist(tmp_path):

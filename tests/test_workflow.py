@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import artifact_dirs
@@ -20,7 +21,7 @@ from dydis.stages import workflow as stage_table
 from dydis.stages.workflow import STAGES
 from dydis.training.checkpoint import load_checkpoint
 from dydis.training.runs import RunFolder
-from dydis.workflow import Point, StageSpec, execute, load_workflow, sweep_points
+from dydis.workflow import PACKAGED, Point, StageSpec, execute, load_workflow, sweep_points
 
 runner = CliRunner()
 SHIPPED = Path(__file__).resolve().parent.parent / "workflow.yaml"
@@ -61,8 +62,9 @@ def statuses(result) -> dict[str, str]:
 
 
 def plan_lines(result) -> dict[str, str]:
-    """Stage label -> what a dry run says of it ("up to date (...)", "would run with", ...)."""
-    return dict(line.split(": ", 1) for line in result.stderr.splitlines() if not line.startswith(" "))
+    """Stage label -> what a dry run says of it ("up to date (...)", "would run with", ...); log
+    records (``INFO ...``, their wrapped lines indented like the configs) are left out."""
+    return dict(line.split(": ", 1) for line in result.stderr.splitlines() if not line.startswith((" ", "INFO ")))
 
 
 def dry_runs_after_a_run(workflow: Path, root: Path, refs: dict[str, str], setting: str):
@@ -120,6 +122,35 @@ def test_shipped_workflow_resolves_for_every_profile(profile, sets):
 
 def test_shipped_workflow_has_a_profile_per_scale():
     assert set(yaml.safe_load(SHIPPED.read_text())["profiles"]) == {"smoke", "cpu-study", "cpu-ablation", "paper"}
+
+
+def test_the_installed_workflow_is_the_top_level_file():
+    """One file: the package's workflow.yaml links to the top-level one (a checkout that turned the
+    link into a plain file, or a copy that drifted, fails here)."""
+    assert PACKAGED.read_bytes() == SHIPPED.read_bytes()
+
+
+def test_run_without_a_file_uses_workflow_yaml_here_else_the_installed_one(tmp_path, monkeypatch):
+    """Outside the repository `dydis run` needs no file: with no workflow.yaml in the working
+    directory it plans the installed one's stages; a workflow.yaml there comes first, and a file
+    given by name is read as before."""
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--profile", "smoke", "--dry-run", "--root", "art", "--runs", "runs"]
+    installed = runner.invoke(app, args)
+    assert installed.exit_code == 0, installed.output
+    assert "running the one installed with dydis" in " ".join(installed.stderr.split())
+    planned = plan_lines(installed)
+    assert planned["prepare-data"] == "would run with" and planned["report"] == "would run (after downstream-gbt)"
+    assert installed.stdout == "" and not (tmp_path / "art").exists() and not (tmp_path / "runs").exists()
+
+    (tmp_path / "workflow.yaml").write_text(TINY)
+    here = runner.invoke(app, args[:1] + args[3:])  # TINY has no profiles
+    assert here.exit_code == 0, here.output
+    assert list(plan_lines(here)) == ["data", "vqgan", "ldm"] and "installed" not in here.stderr
+    named = runner.invoke(app, ["run", str(SHIPPED), *args[1:]])
+    assert named.exit_code == 0 and plan_lines(named) == planned
+    missing = runner.invoke(app, ["run", "other.yaml", "--dry-run"])
+    assert missing.exit_code == 2 and "config file not found" in missing.stderr
 
 
 # ---- the real stages: caching, partial runs, lineage ----------------------------------------
@@ -251,7 +282,7 @@ def test_a_failed_training_stage_resumes_from_its_checkpoint(copy_of, monkeypatc
     failed = invoke(workflow, root, "--set", "ldm.max_steps=3")
     assert failed.exit_code == 2 and failed.stderr.splitlines()[-1] == "error: samples.png: samples broken on purpose"
     assert load_checkpoint(root.parent / "runs" / "train-ldm" / "tiny" / "checkpoint.pt")["step"] == 3
-    monkeypatch.setattr(train_ldm, "_sample_sheet", lambda *args: None)
+    monkeypatch.setattr(train_ldm, "_sample_sheet", lambda *args: Image.new("RGB", (8, 8)).save(args[-1]))  # its out
     fixed = invoke(workflow, root, "--set", "ldm.max_steps=3")
     assert fixed.exit_code == 0, fixed.output
     assert fits == [False, True]  # started over (the finished 2-step run was stale), then resumed at step 3

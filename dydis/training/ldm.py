@@ -45,6 +45,7 @@ from dydis.training.batches import BatchStream, to_model_input
 from dydis.training.checkpoint import Checkpoint, stop_requests
 from dydis.training.csvlog import CsvLog
 from dydis.training.runs import CHECKPOINT
+from dydis.training.tensorboard import open_board
 
 if TYPE_CHECKING:
     from dydis.training.monitor import DisentanglementMonitor
@@ -182,6 +183,7 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
     anchors = Anchors(groups).to(ctx.device)
     report = {"round": round_index, "points": int(units.shape[0]), "seconds": round(time.perf_counter() - started, 2),
               "anchors_mean": round(float(np.mean(anchors.n_components)), 2),
+              "anchors_min": min(anchors.n_components), "anchors_max": max(anchors.n_components),
               "anchors": " ".join(map(str, anchors.n_components))}
     return anchors, report
 
@@ -190,15 +192,16 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
 
 
 def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, train_rows: Tensor, run_dir: Path,
-        resume: bool, progress: Progress | None = None, monitor: DisentanglementMonitor | None = None
-        ) -> LatentDiffusion:
+        resume: bool, progress: Progress | None = None, monitor: DisentanglementMonitor | None = None,
+        tensorboard: bool = False) -> LatentDiffusion:
     """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's model (the live
     U-Net, not the EMA). The final state, EMA included, is also saved as the checkpoint.
 
     ``images`` is the dataset, uint8 (n, 64, 64, 3); ``latents`` its cached VQ latents already
     multiplied by the scale factor, (n, c, h, w); ``train_rows`` the rows to train on. A
     ``monitor`` adds the disentanglement scores to the log rows of the steps it is due (main
-    process only: the others wait for it in the next step's all-reduce).
+    process only: the others wait for it in the next step's all-reduce). ``tensorboard``: the
+    main process also writes the logs' numbers to ``run_dir/tensorboard`` (``dydis.training.tensorboard``).
     """
     if cfg.batch_size is None or cfg.dyga.every is None:
         raise ConfigError("batch_size and dyga.every must be set: resolve the config with for_dataset() first")
@@ -240,12 +243,13 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
                         config=to_dict(cfg))
 
     monitor = monitor if ctx.is_main else None
-    logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
-    rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step) if ctx.is_main else None
     seen, train_seconds, window = 0, 0.0, []
     delta_stats = DeltaStats()  # eq. (6)'s delta between log lines
     model.train()
-    with stop_requests() as stop_requested, progress.task("train-ldm", total=steps, unit="step") as task:
+    with (stop_requests() as stop_requested, progress.task("train-ldm", total=steps, unit="step") as task,
+          open_board(run_dir, tensorboard and ctx.is_main, resumed_at=step) as board):
+        logger = CsvLog(run_dir / LOG_CSV, keep_until=step, board=board) if ctx.is_main else None
+        rounds_log = CsvLog(run_dir / ROUNDS_CSV, keep_until=step, board=board, section="dyga") if ctx.is_main else None
         task.advance(step)
         while step < steps:
             tick = time.perf_counter()

@@ -29,6 +29,7 @@ from dydis.training.batches import BatchStream, to_images, to_model_input
 from dydis.training.checkpoint import Checkpoint, stop_requests
 from dydis.training.csvlog import CsvLog
 from dydis.training.runs import CHECKPOINT
+from dydis.training.tensorboard import open_board
 
 log = logging.getLogger("dydis.train_vqgan")
 LOG_CSV = "log.csv"
@@ -84,14 +85,15 @@ def _average_gradients(parameters: list[torch.nn.Parameter], ctx: Context) -> No
 
 
 def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: torch.Tensor, run_dir: Path,
-        resume: bool, progress: Progress | None = None, lpips: LPIPS | None = None) -> VQGAN:
+        resume: bool, progress: Progress | None = None, lpips: LPIPS | None = None, tensorboard: bool = False) -> VQGAN:
     """Train from scratch or from ``run_dir/checkpoint.pt``; returns this process's trained model.
 
     The final state is also saved as the checkpoint (by rank 0).
 
     ``images`` is the whole dataset, uint8 (n, 64, 64, 3); ``train_rows`` the rows to train on;
     ``lpips`` the perceptual loss's network (``load_lpips(cfg)``, loaded by the caller so that its
-    files are checked before a run starts), None to train without it.
+    files are checked before a run starts), None to train without it; ``tensorboard``: rank 0 also
+    writes the log's numbers to ``run_dir/tensorboard`` (``dydis.training.tensorboard``).
     """
     progress = progress or SilentProgress()
     device = ctx.device
@@ -129,9 +131,10 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
         checkpoint.save(at_step, {"model": model, "discriminator": discriminator, "opt_ae": opt_ae, "opt_d": opt_d},
                         config=to_dict(cfg))
 
-    logger = CsvLog(run_dir / LOG_CSV, keep_until=step) if ctx.is_main else None
     started, seen = time.perf_counter(), 0
-    with stop_requests() as stop_requested, progress.task("train-vqgan", total=steps, unit="step") as task:
+    with (stop_requests() as stop_requested, progress.task("train-vqgan", total=steps, unit="step") as task,
+          open_board(run_dir, tensorboard and ctx.is_main, resumed_at=step) as board):
+        logger = CsvLog(run_dir / LOG_CSV, keep_until=step, board=board) if ctx.is_main else None
         task.advance(step)
         while step < steps:
             totals: dict[str, torch.Tensor] = {}
