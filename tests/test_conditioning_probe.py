@@ -34,7 +34,8 @@ def test_units_the_u_net_cannot_see_give_no_gain():
     the units do not change its output: both losses are equal and the gain is exactly 0."""
     model, probe = _model_and_probe()
     scores = probe.measure(model, torch.device("cpu"))
-    assert scores["cond_loss"] == scores["shuffled_loss"] > 0 and scores["conditioning_gain"] == 0.0
+    assert scores["cond_loss"] == scores["shuffled_loss"] > 0
+    assert scores["conditioning_gain"] == scores["conditioning_gain_eval"] == 0.0
 
 
 def test_units_the_u_net_reads_change_the_loss_and_the_probe_leaves_training_alone():
@@ -46,10 +47,13 @@ def test_units_the_u_net_reads_change_the_loss_and_the_probe_leaves_training_alo
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
         for _ in range(30):  # BatchNorm's running statistics of these images: at init they barely differ
             model.feature_extractor(to_model_input(probe.images))
-    rng = torch.get_rng_state()
+    rng, buffers = torch.get_rng_state(), {k: v.clone() for k, v in model.state_dict().items()}
     first = probe.measure(model, torch.device("cpu"))
     assert first["cond_loss"] != first["shuffled_loss"]
     assert first["conditioning_gain"] == pytest.approx(1 - first["cond_loss"] / first["shuffled_loss"])
+    assert first["conditioning_gain_eval"] not in (0.0, first["conditioning_gain"])  # running, not batch, statistics
     assert probe.measure(model, torch.device("cpu")) == first  # fixed batch, timesteps, noise and pairs
     assert model.training and torch.equal(torch.get_rng_state(), rng)
+    for name, value in model.state_dict().items():  # BatchNorm's running statistics included
+        assert torch.equal(value, buffers[name]), name
     assert probe.timesteps.tolist() == [41, 125, 208, 291, 375, 458, 541, 625, 708, 791, 875, 958]

@@ -11,8 +11,9 @@ import numpy as np
 
 from dydis.training.monitor import SCORES
 
-# the scores in [0, 1]; factor_vae_active counts codes
-SCORE_COLUMNS = tuple(key for keys in SCORES.values() for key in keys if key != "factor_vae_active")
+# the scores in [0, 1] (factor_vae_active counts codes), and how much the U-Net reads the units
+SCORE_COLUMNS = (*(key for keys in SCORES.values() for key in keys if key != "factor_vae_active"),
+                 "conditioning_gain", "conditioning_gain_eval")
 
 
 @dataclass(frozen=True)
