@@ -491,7 +491,7 @@ def test_a_dry_run_of_a_sweep_lists_each_point(swept):
     (lambda d: d["stages"]["ldm"]["inputs"].update(latents="vqgan"), "stages.ldm.inputs.latents: train-ldm takes no "
                                                                      "input latents"),
     (lambda d: d["stages"]["ldm"].update(sedded=True), "stages.ldm.sedded: unknown key"),
-    (lambda d: d["stages"]["ldm"]["config"].update(lr=-1.0), "stages.ldm.config: config keys lr"),
+    (lambda d: d["stages"]["ldm"]["config"].update(lr=-1.0), "stages.ldm.config: config key lr: expected a rate in"),
     (lambda d: d["stages"]["data"]["config"].update(dataset="${datset}"), "stages.data.config.dataset: unknown var "
                                                                           "${datset}"),
     (lambda d: d.update(profiles={"quick": {"stages": {"gan": {}}}}), "profiles.quick.stages.gan: no such stage"),
