@@ -13,7 +13,7 @@ from dydis.training.monitor import SCORES
 
 # the scores in [0, 1] (factor_vae_active counts codes), and how much the U-Net reads the units
 SCORE_COLUMNS = (*(key for keys in SCORES.values() for key in keys if key != "factor_vae_active"),
-                 "conditioning_gain", "conditioning_gain_eval")
+                 "conditioning_gain")
 
 
 @dataclass(frozen=True)
