@@ -99,8 +99,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
         factors = data.factors, data.factor_sizes, data.factor_names
     latents, scale = load_latents(vqgan_artifact, len(images), cfg)
     monitor = DisentanglementMonitor(images, *factors, every=cfg.eval_every, rows=cfg.eval_rows,
-                                     metrics=cfg.eval_metrics, latents=latents,
-                                     num_timesteps=cfg.diffusion.timesteps) if cfg.eval_every else None
+                                     metrics=cfg.eval_metrics, latents=latents) if cfg.eval_every else None
     world = max(1, cfg.gpus)
     if len(images) < cfg.batch_size * world:
         raise ConfigError(f"config key batch_size: {cfg.batch_size} x {world} processes is more than the "

@@ -19,7 +19,7 @@ def _model_and_probe():
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (12, 64, 64, 3), generator=generator, dtype=torch.uint8).numpy()
     latents = torch.randn(12, 3, 16, 16, generator=generator).numpy()
-    return build_model(cfg).train(), ConditioningProbe(images, latents, cfg.diffusion.timesteps, seed=0)
+    return build_model(cfg).train(), ConditioningProbe(images, latents, seed=0)
 
 
 @pytest.mark.parametrize("n", [2, 3, 17, 256])
@@ -54,15 +54,15 @@ def test_units_the_u_net_reads_change_the_loss_and_the_probe_leaves_training_alo
     assert model.training and torch.equal(torch.get_rng_state(), rng)
     for name, value in model.state_dict().items():  # BatchNorm's running statistics included
         assert torch.equal(value, buffers[name]), name
-    assert probe.timesteps.tolist() == [41, 125, 208, 291, 375, 458, 541, 625, 708, 791, 875, 958]
+    assert probe.timesteps(1000).tolist() == [41, 125, 208, 291, 375, 458, 541, 625, 708, 791, 875, 958]
 
 
 def test_the_probe_rows_are_a_seeded_sample_of_all_rows():
     """Not the first rows: in a grid's canonical order those share their slow factors."""
     images = np.repeat((np.arange(600) % 256).astype(np.uint8)[:, None, None, None], 64, 1).repeat(64, 2).repeat(3, 3)
     latents = np.arange(600, dtype=np.float32)[:, None, None, None] * np.ones((1, 3, 16, 16), np.float32)
-    probe = ConditioningProbe(images, latents, 1000, seed=0)
+    probe = ConditioningProbe(images, latents, seed=0)
     rows = probe.latents[:, 0, 0, 0].long()
     assert len(rows) == 256 and rows.unique().numel() == 256 and rows.max() > 500 and rows.tolist() != list(range(256))
     assert torch.equal(probe.images[:, 0, 0, 0], (rows % 256).to(torch.uint8))  # images and latents stay paired
-    assert torch.equal(rows, ConditioningProbe(images, latents, 1000, seed=0).latents[:, 0, 0, 0].long())
+    assert torch.equal(rows, ConditioningProbe(images, latents, seed=0).latents[:, 0, 0, 0].long())

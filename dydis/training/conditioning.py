@@ -27,7 +27,8 @@ from dydis.models.ldm import LatentDiffusion
 from dydis.training.batches import to_model_input
 
 PROBE_ROWS = 256
-COLUMNS = ("cond_loss", "shuffled_loss", "conditioning_gain")
+GAIN = "conditioning_gain"  # the one on a 0-1 scale, plotted with the scores
+COLUMNS = ("cond_loss", "shuffled_loss", GAIN)
 
 
 def partner_rows(n: int, seed: int) -> np.ndarray:
@@ -46,12 +47,11 @@ class ConditioningProbe:
     """The fixed batch (``PROBE_ROWS`` of the given rows, a seeded sample), its timesteps, noise
     and pairing."""
 
-    def __init__(self, images: np.ndarray, latents: np.ndarray, num_timesteps: int, seed: int = 0):
+    def __init__(self, images: np.ndarray, latents: np.ndarray, seed: int = 0):
         n = min(len(images), PROBE_ROWS)
         rows = np.sort(np.random.RandomState(seed).choice(len(images), n, replace=False))
         self.images = torch.from_numpy(np.ascontiguousarray(images[rows]))  # (n, 64, 64, 3) uint8
         self.latents = torch.as_tensor(np.asarray(latents[rows]), dtype=torch.float32)  # already scaled
-        self.timesteps = (torch.arange(n) * 2 + 1) * num_timesteps // (2 * n)  # midpoints of n equal bins
         generator = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(self.latents.shape, generator=generator)
         self.partner = torch.from_numpy(partner_rows(n, seed))
@@ -64,9 +64,15 @@ class ConditioningProbe:
         model.eval()
         try:
             context = model.condition(to_model_input(self.images).to(device))
-            latents, t, noise = self.latents.to(device), self.timesteps.to(device), self.noise.to(device)
+            t = self.timesteps(model.diffusion.num_timesteps).to(device)
+            latents, noise = self.latents.to(device), self.noise.to(device)
             own, shuffled = (model.diffusion.training_loss(model.unet, latents, units, t=t, noise=noise).loss.item()
                              for units in (context, context[self.partner.to(device)]))
         finally:
             model.train(was_training)
-        return {"cond_loss": own, "shuffled_loss": shuffled, "conditioning_gain": 1.0 - own / shuffled}
+        return {"cond_loss": own, "shuffled_loss": shuffled, GAIN: 1.0 - own / shuffled}
+
+    def timesteps(self, num_timesteps: int) -> torch.Tensor:
+        """One timestep per row: the midpoints of ``len(self.images)`` equal bins of [0, T)."""
+        n = len(self.images)
+        return (torch.arange(n) * 2 + 1) * num_timesteps // (2 * n)

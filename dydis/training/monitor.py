@@ -30,7 +30,7 @@ from dydis.metrics import GroundTruth, evaluate
 from dydis.metrics.evaluate import METRIC_KEYS
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
-from dydis.training.conditioning import COLUMNS as CONDITIONING_COLUMNS, ConditioningProbe
+from dydis.training.conditioning import COLUMNS as CONDITIONING_COLUMNS, GAIN as CONDITIONING_GAIN, ConditioningProbe
 from dydis.training.ldm import represent
 
 # the metrics a run can follow while training, with the train_log.csv columns ``evaluate`` gives each
@@ -69,14 +69,12 @@ class DisentanglementMonitor:
     metrics : names among ``SCORES``
     latents : (n_rows, c, h, w), scaled as for training, optional
         With them each evaluation also measures how much the U-Net reads the units
-        (``ConditioningProbe``, on the first rows of the subsample).
-    num_timesteps : T of the diffusion, for the probe's timesteps
+        (``ConditioningProbe``, on a seeded sample of the subsample's rows).
     """
 
     def __init__(self, images: np.ndarray, factors: np.ndarray, factor_sizes: Sequence[int],
                  factor_names: Sequence[str], *, every: int, rows: int,
-                 metrics: Sequence[str] = ("factor_vae", "dci", "mig"), latents: np.ndarray | None = None,
-                 num_timesteps: int = 1000):
+                 metrics: Sequence[str] = ("factor_vae", "dci", "mig"), latents: np.ndarray | None = None):
         if not factor_sizes:
             raise ConfigError("config key eval_every: FactorVAE, DCI and MIG need ground-truth factors and this "
                               "dataset has none (CelebA); train with eval_every 0")
@@ -92,7 +90,7 @@ class DisentanglementMonitor:
         self.images = np.ascontiguousarray(images[picked])
         self.ground_truth = GroundTruth(np.asarray(factors)[picked], factor_sizes)
         self.options = {metric: counts for metric, counts in protocol_options(len(picked)).items() if metric in metrics}
-        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], num_timesteps, SEED)
+        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], SEED)
 
     @property
     def columns(self) -> list[str]:
@@ -103,7 +101,8 @@ class DisentanglementMonitor:
     @property
     def plotted(self) -> tuple[str, ...]:
         """The columns on a 0-1 scale that the figure of the scores draws."""
-        return tuple(c for c in self.columns if c not in ("factor_vae_active", "cond_loss", "shuffled_loss"))
+        scores = (key for metric in self.metrics for key in SCORES[metric] if key != "factor_vae_active")
+        return (*scores, *([CONDITIONING_GAIN] if self.probe is not None else []))
 
     def due(self, step: int, last_step: int) -> bool:
         return step % self.every == 0 or step == last_step

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dydis.training.conditioning import GAIN
 from dydis.training.monitor import SCORES
 
 # the scores in [0, 1] (factor_vae_active counts codes), and how much the U-Net reads the units
 SCORE_COLUMNS = (*(key for keys in SCORES.values() for key in keys if key != "factor_vae_active"),
-                 "conditioning_gain")
+                 GAIN)
 
 
 @dataclass(frozen=True)
