@@ -558,7 +558,8 @@ def execute(workflow: Workflow, specs: Mapping[str, StageSpec], *, root: str | P
     # (step id, point slug, seed) -> its artifact, or in a dry run the step id of a job that would make it
     made: dict[tuple[str, str | None, int | None], Artifact | str] = {}
     for index, step in enumerate(workflow.steps[: last + 1]):
-        for point, seed in itertools.product(sweep.jobs(step.id), seeds if step.seeded and seeds else (None,)):
+        # seed-major: an interrupted study has every variant of its first seeds, not every seed of a few variants
+        for seed, point in itertools.product(seeds if step.seeded and seeds else (None,), sweep.jobs(step.id)):
             started = time.perf_counter()
             inputs = {key: [made[(ref, _slug(p), s)] for ref in ids for p in sweep.feeding(step.id, ref, point)
                             for s in _seed_jobs(by_id[ref], seed, seeds)]

@@ -579,7 +579,8 @@ def test_sweep_with_seeds_names_each_seed_after_its_point(swept):
     stages, workflow, root = swept
     result = invoke(workflow, root, "--sweep", "train.value=1,2", "--seeds", "7,8")
     assert result.exit_code == 0, result.output
-    assert names(stages, "train") == ["toy-value-1", "toy-value-1-s8", "toy-value-2", "toy-value-2-s8"]
+    # seed-major, so that a study stopped halfway has every point of its first seeds
+    assert names(stages, "train") == ["toy-value-1", "toy-value-2", "toy-value-1-s8", "toy-value-2-s8"]
     assert ArtifactStore(root).load("score/toy-value-2").config["models"] == ["train/toy-value-2@v1",
                                                                               "train/toy-value-2-s8@v1"]
     assert "train [value=1] (seed 8): wrote train/toy-value-1-s8@v1" in result.stderr
