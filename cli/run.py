@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +16,7 @@ from rich.table import Table
 from dydis.cli.common import (DebugOpt, RootOpt, RunsOpt, SetOpt, console, console_progress, emit_result, handle_errors,
                               seed_list)
 from dydis.cli.report import summary_table
+from dydis.data.download import DATA_ENV
 from dydis.workflow import Outcome, Workflow, execute, find_workflow, load_workflow, sweep_points
 
 
@@ -70,7 +72,9 @@ def run(
     """
     from dydis.stages.workflow import STAGES  # deferred: imports torch
 
-    plan = load_workflow(find_workflow(workflow), STAGES, profile=profile, overrides=set_)
+    # the download folder `dydis download` and prepare-data use, when the environment names one
+    data_dir = {"data_dir": os.environ[DATA_ENV]} if os.environ.get(DATA_ENV) else {}
+    plan = load_workflow(find_workflow(workflow), STAGES, profile=profile, overrides=set_, var_defaults=data_dir)
     points = sweep_points(plan, STAGES, sweeps=sweep, variants=variant)
     if dry_run:
         for outcome in execute(plan, STAGES, root=root, runs_dir=runs, seeds=seed_list(seeds) or (), points=points,

@@ -181,8 +181,11 @@ def find_workflow(path: str | Path | None) -> Path:
 
 
 def load_workflow(path: str | Path, specs: Mapping[str, StageSpec], *, profile: str | None = None,
-                  overrides: list[str] | None = None) -> Workflow:
+                  overrides: list[str] | None = None, var_defaults: Mapping[str, Any] | None = None) -> Workflow:
     """Parse, merge and check a workflow; every step's config is built once to catch bad values early.
+
+    ``var_defaults`` replace the file's top-level value of the vars it declares (the CLI passes
+    ``data_dir`` from ``$DYDIS_DATA``); a profile's vars and ``--set`` still override them.
 
     Raises ``ConfigError`` naming the file and the key for an unknown stage, key, profile or
     var, an input that names no earlier step, or a config value its stage rejects.
@@ -196,7 +199,9 @@ def load_workflow(path: str | Path, specs: Mapping[str, StageSpec], *, profile: 
     profile = profile or doc.get("profile")
     body = _profile(doc, profile, path)
     var_sets, config_sets = _split_overrides(overrides, stages, doc, path)
-    variables = merge(merge(_mapping(doc.get("vars"), "vars", path), body.get("vars") or {}), var_sets)
+    file_vars = _mapping(doc.get("vars"), "vars", path)
+    file_vars = {**file_vars, **{k: v for k, v in (var_defaults or {}).items() if k in file_vars}}
+    variables = merge(merge(file_vars, body.get("vars") or {}), var_sets)
     overlay = _dataset_overlay(body, variables, profile, path)
     variables = merge(merge(variables, overlay.get("vars") or {}), var_sets)
     for layer, where in ((body, f"profiles.{profile}"), (overlay, f"profiles.{profile}.datasets")):

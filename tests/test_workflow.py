@@ -120,6 +120,26 @@ def test_shipped_workflow_resolves_for_every_profile(profile, sets):
         assert first["dataset"] == "synthetic" and "grid" in first
 
 
+def test_the_download_folder_from_the_environment_feeds_the_data_dir_var(tmp_path, monkeypatch):
+    """`dydis run` reads the originals where `dydis download` put them: $DYDIS_DATA replaces the
+    file's data_dir, --set still wins, and a workflow without that var is left alone."""
+    sources = {}
+    monkeypatch.setenv("DYDIS_DATA", "/env/downloads")
+    for label, extra in (("env", []), ("set", ["--set", "data_dir=/mine"])):
+        result = runner.invoke(app, ["run", str(SHIPPED), "--profile", "paper", "--set", "dataset=shapes3d", *extra,
+                                     "--root", str(tmp_path / "store"), "--dry-run"])
+        assert result.exit_code == 0, result.output
+        sources[label] = [line.split(": ", 1)[1] for line in result.stderr.splitlines()
+                          if line.strip().startswith("source:")]
+    assert sources == {"env": ["/env/downloads/3dshapes.h5"], "set": ["/mine/3dshapes.h5"]}
+    monkeypatch.delenv("DYDIS_DATA")
+    default = load_workflow(SHIPPED, STAGES, profile="paper", overrides=["dataset=shapes3d"])
+    assert default.steps[0].config["source"] == "downloads/3dshapes.h5"
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
+    assert load_workflow(tiny, STAGES, var_defaults={"data_dir": "/env"}).steps[0].config["dataset"] == "synthetic"
+
+
 def test_shipped_workflow_has_a_profile_per_scale():
     assert set(yaml.safe_load(SHIPPED.read_text())["profiles"]) == {"smoke", "cpu-study", "cpu-ablation", "paper"}
 
