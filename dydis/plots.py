@@ -31,15 +31,19 @@ def loss_curves(rows: list[dict], columns: list[str], path: Path, title: str, *,
     plt.close(fig)
 
 
-def importance_heatmap(importance, factor_names: list[str], path: Path) -> None:
-    """DCI importance matrix (n_codes, n_factors) as a heat map, codes down, factors across."""
+def importance_heatmap(importance, factor_names: list[str], path: Path, accuracy=None) -> None:
+    """DCI importance matrix (n_codes, n_factors) as a heat map, codes down, factors across; with
+    ``accuracy``, each factor's label carries its test accuracy, since a factor the codes do not
+    hold spreads its (meaningless) importance over every code."""
     n_codes, n_factors = importance.shape
     fig, ax = plt.subplots(figsize=(1.2 + 0.55 * n_factors, 1.0 + 0.3 * n_codes))
     image = ax.imshow(importance, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(n_factors), factor_names or [str(i) for i in range(n_factors)], rotation=45, ha="right",
-                  fontsize=8)
+    labels = factor_names or [str(i) for i in range(n_factors)]
+    if accuracy is not None:
+        labels = [f"{label} ({acc:.2f})" for label, acc in zip(labels, accuracy)]
+    ax.set_xticks(range(n_factors), labels, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(n_codes), [str(i) for i in range(n_codes)], fontsize=7)
-    ax.set_xlabel("factor", fontsize=9)
+    ax.set_xlabel("factor (test accuracy)" if accuracy is not None else "factor", fontsize=9)
     ax.set_ylabel("code", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.05)
     ax.set_title("DCI importance", fontsize=10)

@@ -57,22 +57,30 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
         inputs = {"data": data_artifact, **{f"model_{i}": m for i, m in enumerate(models)}}
         with store.create(stage=STAGE, name=name or data_artifact.name, kind="metrics", config=to_dict(cfg),
                           inputs=inputs, seed=cfg.seed) as writer:
+            names = data_artifact.results.get("factor_names") or []
             per_run = []
             for index, (path, scores) in enumerate(zip(found.paths, runs)):
+                per_factor = ({"dci_test_accuracy": _by_factor(scores.arrays["dci_test_accuracy"], names)}
+                              if "dci_test_accuracy" in scores.arrays else {})
                 copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
                 shutil.copy(path, writer.dir / copy)
                 stored = {"codes_dtype": found.stored_dtypes[index]} if found.models else {}
                 per_run.append({**found.source(index), "sha256": sha256_file(path), "file": copy, **stored,
-                                "metrics": {k: float(v) for k, v in scores.items()},
+                                "metrics": {k: float(v) for k, v in scores.items()}, **per_factor,
                                 "seconds": {k: round(v, 2) for k, v in scores.timings.items()}})
             _write_tables(writer.dir, summary, per_run)
             if "dci_importance" in runs[0].arrays:
-                names = data_artifact.results.get("factor_names") or []
-                importance_heatmap(runs[0].arrays["dci_importance"], names, writer.dir / "dci_importance.png")
+                importance_heatmap(runs[0].arrays["dci_importance"], names, writer.dir / "dci_importance.png",
+                                   accuracy=runs[0].arrays["dci_test_accuracy"])
             writer.results.update({"metrics": summary, "runs": len(runs)})
             if fid_reference is not None:
                 writer.results["fid_reference"] = fid_reference
     return writer.artifact
+
+
+def _by_factor(values, names: list[str]) -> dict[str, float]:
+    """One value per factor, keyed by the dataset's factor names (their indices when it has none)."""
+    return {(names[i] if i < len(names) else str(i)): float(v) for i, v in enumerate(values)}
 
 
 def _write_tables(directory: Path, summary: dict, per_run: list[dict]) -> None:

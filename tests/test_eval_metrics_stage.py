@@ -39,6 +39,24 @@ def test_identity_and_shuffled_codes(tmp_path, dataset):
     assert "mig" in result.stderr and "±" in result.stderr
 
 
+def test_dci_says_which_factors_the_codes_hold(tmp_path, dataset):
+    """Per-factor test accuracy in metrics.json: the factors a representation leaves out show there,
+    where the mean (informativeness) and the importance matrix blur them."""
+    root, factors = dataset
+    reps = tmp_path / "half.npz"  # the first three factors and nothing else (noise would not do: the
+    # protocol's train and test rows are drawn from the same 144 images, so trees learn noise by heart)
+    np.savez(reps, codes=factors[:, :3].astype(float))
+    result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(reps),
+                                 "--metrics", "dci", "--n-jobs", "1", "--root", root])
+    assert result.exit_code == 0, result.output
+    run = json.loads(open(f"{result.stdout.strip()}/metrics.json").read())["runs"][0]
+    accuracy = run["dci_test_accuracy"]
+    assert list(accuracy) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+    assert [accuracy[k] for k in ("floor_hue", "wall_hue", "object_hue")] == [1.0, 1.0, 1.0]
+    assert max(accuracy[k] for k in ("scale", "shape", "orientation")) < 0.75  # 2 values each: chance is 0.5
+    assert np.mean(list(accuracy.values())) == pytest.approx(run["metrics"]["dci_informativeness"])
+
+
 @pytest.mark.parametrize("case", ["missing", "key", "rows", "nan", "npy", "no codes", "no units", "huge", "huge units"])
 def test_bad_reps_exit_2(tmp_path, dataset, case):
     root, factors = dataset

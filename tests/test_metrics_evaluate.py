@@ -41,6 +41,7 @@ def test_all_grid_metrics_give_a_flat_json_dict(data):
     assert all(isinstance(v, float) for v in scores.values())
     json.dumps(scores)
     assert scores.arrays["dci_importance"].shape == (4, 3)
+    assert scores.arrays["dci_test_accuracy"].mean() == scores["dci_informativeness"]
     assert scores.arrays["infomec_nmi"].shape == (3, 4)
     assert set(scores.timings) == {"factor_vae", "dci", "mig", "sap", "modularity", "infomec"}
     assert scores["factor_vae"] == 1.0 and scores["dci_informativeness"] > 0.9

@@ -44,7 +44,8 @@ class Scores(dict):
     Attributes
     ----------
     arrays : dict[str, np.ndarray]
-        ``dci_importance`` (n_codes, n_factors), ``infomec_nmi`` (n_factors, n_codes),
+        ``dci_importance`` (n_codes, n_factors), ``dci_test_accuracy`` (n_factors,: which factors
+        the codes hold at all; informativeness is its mean), ``infomec_nmi`` (n_factors, n_codes),
         ``infomec_active`` (n_codes,), ``tad_auroc`` (n_attributes, n_codes), for the
         metrics computed.
     timings : dict[str, float]
@@ -140,7 +141,7 @@ def evaluate(
         elif name == "dci":
             fit = dci_importance(scalar_codes, ground_truth, seed=seed, n_jobs=n_jobs, **kw)
             scores.update(dci_scores(fit))
-            scores.arrays["dci_importance"] = fit.importance
+            scores.arrays["dci_importance"], scores.arrays["dci_test_accuracy"] = fit.importance, fit.test_accuracy
         elif name == "mig":
             scores.update(mig(scalar_codes, ground_truth, seed=seed, **kw))
         elif name == "sap":
