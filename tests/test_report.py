@@ -244,7 +244,7 @@ def test_report_reads_what_eval_metrics_and_downstream_gbt_write(tmp_path):
         reps += ["--reps", str(tmp_path / f"r{i}.npz")]
         np.savez(reps[-1], codes=factors + 0.1 * (i + 1) * rng.standard_normal(factors.shape))
     data = ["--data", "prepare-data/synthetic", *reps, "--n-jobs", "1", "--root", str(root)]
-    scored = runner.invoke(app, ["eval-metrics", *data, "--metrics", "mig,sap"])
+    scored = runner.invoke(app, ["eval-metrics", *data, "--metrics", "mig,sap,dci"])
     assert scored.exit_code == 0, scored.output
     downstream = runner.invoke(app, ["downstream-gbt", *data, "--sizes", "32,8", "--test-size", "16", "--seeds", "0"])
     assert downstream.exit_code == 0, downstream.output
@@ -255,7 +255,13 @@ def test_report_reads_what_eval_metrics_and_downstream_gbt_write(tmp_path):
         table = list(csv.DictReader(handle))
     runs = json.loads((Path(scored.stdout.strip()) / "metrics.json").read_text())["runs"]
     assert [float(r["value"]) for r in table if r["metric"] == "mig"] == [run["metrics"]["mig"] for run in runs]
-    assert {r["metric"] for r in table} == {"mig", "sap", "acc_32", "ratio_8"}
+    per_factor = {f"dci_accuracy_{name}": name for name in ("floor_hue", "wall_hue", "object_hue", "scale", "shape",
+                                                             "orientation")}
+    assert {r["metric"] for r in table} == {"mig", "sap", "dci_disentanglement", "dci_completeness",
+                                            "dci_informativeness", *per_factor, "acc_32", "ratio_8"}
+    for metric, factor in per_factor.items():  # DCI's test accuracy of each factor, as eval-metrics wrote it
+        assert [float(r["value"]) for r in table if r["metric"] == metric] == [run["dci_test_accuracy"][factor]
+                                                                              for run in runs]
     assert {(r["variant"], r["seed"]) for r in table} == {("synthetic", "")}  # files: one variant, no seeds
     assert "No curves: the scores come from representation files" in (path / "report.md").read_text()
 

@@ -58,13 +58,16 @@ def scored_runs(artifact: Artifact) -> list[tuple[dict, dict[str, float]]]:
     """(source, scores) of each representation a metrics or downstream artifact scored, in order;
     the source is its entry in the artifact's json (``model`` ref or ``reps`` path, ``sha256``).
 
-    eval-metrics: every metric of ``metrics.json``'s runs. downstream-gbt: the headline scores
-    (``acc_<largest size>``, ``ratio_<size>``) of each model, as its mean over evaluation seeds.
+    eval-metrics: every metric of ``metrics.json``'s runs, and DCI's test accuracy per factor as
+    ``dci_accuracy_<factor>`` (which factors a variant holds at all). downstream-gbt: the headline
+    scores (``acc_<largest size>``, ``ratio_<size>``) of each model, as its mean over evaluation seeds.
     """
     try:
         if artifact.kind == "metrics":
             runs = json.loads(artifact.file("metrics.json").read_text())["runs"]
-            return [(run, {k: float(v) for k, v in run["metrics"].items()}) for run in runs]
+            return [(run, {**{k: float(v) for k, v in run["metrics"].items()},
+                           **{f"dci_accuracy_{factor}": float(v)
+                              for factor, v in run.get("dci_test_accuracy", {}).items()}}) for run in runs]
         headline = [key for key in artifact.results if key.startswith(("acc_", "ratio_"))]
         models = json.loads(artifact.file("downstream.json").read_text())["models"]
         return [(model, {key: float(model["summary"][key]["mean"]) for key in headline}) for model in models]
