@@ -31,6 +31,24 @@ def loss_curves(rows: list[dict], columns: list[str], path: Path, title: str, *,
     plt.close(fig)
 
 
+def factor_curves(rows: list[dict], columns: list[str], labels: list[str], path: Path, title: str) -> None:
+    """One line per factor against the step, on [0, 1]: the ``columns`` (one per factor) of the
+    evaluated log ``rows``, each labelled with its factor."""
+    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+    steps = [float(r["step"]) for r in rows]
+    for column, label in zip(columns, labels):
+        ax.plot(steps, [float(r.get(column) or "nan") for r in rows], lw=1.2, marker="o", markersize=3, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("step", fontsize=8)
+    ax.set_ylabel("DCI test accuracy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def importance_heatmap(importance, factor_names: list[str], path: Path, accuracy=None) -> None:
     """DCI importance matrix (n_codes, n_factors) as a heat map, codes down, factors across; with
     ``accuracy``, each factor's label carries its test accuracy, since a factor the codes do not

@@ -23,7 +23,7 @@ from dydis.data.standard import DatasetFile
 from dydis.distributed import launch, pick_device, publishes_results
 from dydis.errors import ArtifactError, ConfigError, DataError
 from dydis.models.vqgan import VQGAN
-from dydis.plots import loss_curves
+from dydis.plots import factor_curves, loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
 from dydis.training.checkpoint import load_checkpoint
@@ -132,9 +132,13 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
         loss_curves(log_rows, ["loss"], writer.dir / "loss.png", f"train-ldm {name}")
         if monitor is not None:
             evaluated = [row for row in log_rows if row.get("eval_seconds")]
-            loss_curves(evaluated, monitor.columns, writer.dir / "disentanglement.png",
-                        f"train-ldm {name}: on {len(monitor.rows)} rows, scaled protocol (not eval-metrics')",
+            protocol = f"on {len(monitor.rows)} rows, scaled protocol (not eval-metrics')"
+            loss_curves(evaluated, [c for c in monitor.columns if c not in monitor.factor_columns],
+                        writer.dir / "disentanglement.png", f"train-ldm {name}: {protocol}",
                         scores=monitor.plotted, marker="o")
+            if monitor.factor_columns:
+                factor_curves(evaluated, monitor.factor_columns, list(monitor.factor_names),
+                              writer.dir / "factors.png", f"{name}: which factors the units hold ({protocol})")
             writer.results["disentanglement_while_training"] = {
                 **monitor.describe(), "last": {k: float(evaluated[-1][k]) for k in monitor.columns}}
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:

@@ -119,6 +119,7 @@ def test_logged_scores_equal_evaluate_on_the_subsample(tmp_path, monkeypatch):
     last = _log(tmp_path)[-1]
     assert last["step"] == "3"
     assert {k: float(last[k]) for k in expected} == pytest.approx(dict(expected), abs=1e-9)
+    assert [float(last[f"dci_accuracy_{name}"]) for name in "abcde"] == list(expected.arrays["dci_test_accuracy"])
     assert expected["factor_vae_active"] > 0 and expected["dci_informativeness"] > 0 and expected["mig"] > 0
 
 

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -265,7 +266,7 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
     assert result.exit_code == 0, result.output
     path = result.stdout.strip()
     manifest = yaml.safe_load(open(f"{path}/manifest.yaml"))
-    assert "disentanglement.png" in manifest["files"] and manifest["config"]["eval_every"] == 3
+    assert {"disentanglement.png", "factors.png"} <= set(manifest["files"]) and manifest["config"]["eval_every"] == 3
     protocol = manifest["results"]["disentanglement_while_training"]
     assert protocol["rows"] == 64 and protocol["options"]["dci"] == {"n_train": 64, "n_test": 32}
     log = read_rows(tmp_path / "train-ldm" / "monitored" / "train_log.csv")
@@ -276,8 +277,13 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
                          gpus=0, batch_size=256, progress=SilentProgress()) as found:  # what eval-metrics scores
         truth = GroundTruth(found.data.factors, found.data.factor_sizes)
         expected = evaluate(found.codes[0], truth, metrics=protocol["metrics"], options=protocol["options"])
-    scores = {k: v for k, v in protocol["last"].items() if k not in CONDITIONING_COLUMNS}
+    accuracy = {k: v for k, v in protocol["last"].items() if k.startswith("dci_accuracy_")}
+    scores = {k: v for k, v in protocol["last"].items() if k not in CONDITIONING_COLUMNS and k not in accuracy}
     assert scores == pytest.approx(dict(expected), abs=1e-9)
+    # DCI's test accuracy of each factor, by name; informativeness is their mean
+    assert list(accuracy) == [f"dci_accuracy_{n}" for n in ("floor_hue", "wall_hue", "object_hue", "scale", "shape",
+                                                            "orientation")]
+    assert np.mean(list(accuracy.values())) == pytest.approx(expected["dci_informativeness"], abs=1e-9)
     assert 0 < protocol["last"]["cond_loss"] and 0 < protocol["last"]["shuffled_loss"]  # the conditioning probe
     assert "step 4, 64 rows: factor_vae" in " ".join(result.stderr.split())
 

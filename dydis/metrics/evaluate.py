@@ -36,6 +36,9 @@ METRIC_KEYS = {"factor_vae": ("factor_vae", "factor_vae_active"),
                "mig": ("mig",), "sap": ("sap",), "modularity": ("modularity", "explicitness"),
                "infomec": ("infom", "infoe", "infoc"), "tad": ("tad", "tad_captured"), "fid": ("fid",)}
 SCORE_KEYS = tuple(key for metric in METRICS for key in METRIC_KEYS[metric])
+# + a factor's name: DCI's test accuracy of that factor (``Scores.arrays["dci_test_accuracy"]``), as
+# train_log.csv's columns and the report's scores name it
+FACTOR_ACCURACY = "dci_accuracy_"
 
 
 class Scores(dict):

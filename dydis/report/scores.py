@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from dydis.artifacts import Artifact, ArtifactStore
 from dydis.errors import ArtifactError, DataError
+from dydis.metrics.evaluate import FACTOR_ACCURACY
 from dydis.report.stats import Row
 
 log = logging.getLogger("dydis.report")
@@ -66,7 +67,7 @@ def scored_runs(artifact: Artifact) -> list[tuple[dict, dict[str, float]]]:
         if artifact.kind == "metrics":
             runs = json.loads(artifact.file("metrics.json").read_text())["runs"]
             return [(run, {**{k: float(v) for k, v in run["metrics"].items()},
-                           **{f"dci_accuracy_{factor}": float(v)
+                           **{FACTOR_ACCURACY + factor: float(v)
                               for factor, v in run.get("dci_test_accuracy", {}).items()}}) for run in runs]
         headline = [key for key in artifact.results if key.startswith(("acc_", "ratio_"))]
         models = json.loads(artifact.file("downstream.json").read_text())["models"]

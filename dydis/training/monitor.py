@@ -27,7 +27,7 @@ import torch
 
 from dydis.errors import ConfigError
 from dydis.metrics import GroundTruth, evaluate
-from dydis.metrics.evaluate import METRIC_KEYS
+from dydis.metrics.evaluate import FACTOR_ACCURACY, METRIC_KEYS
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
 from dydis.training.conditioning import COLUMNS as CONDITIONING_COLUMNS, GAIN as CONDITIONING_GAIN, ConditioningProbe
@@ -86,6 +86,7 @@ class DisentanglementMonitor:
         picked = np.arange(n) if rows >= n else np.sort(np.random.RandomState(SEED).choice(n, rows, replace=False))
         self.every = every
         self.metrics = tuple(metrics)
+        self.factor_names = tuple(factor_names)
         self.rows = picked
         self.images = np.ascontiguousarray(images[picked])
         self.ground_truth = GroundTruth(np.asarray(factors)[picked], factor_sizes)
@@ -96,7 +97,13 @@ class DisentanglementMonitor:
     def columns(self) -> list[str]:
         """The score columns each evaluation adds to the log (``eval_seconds`` besides)."""
         probe = list(CONDITIONING_COLUMNS) if self.probe is not None else []
-        return [key for metric in self.metrics for key in SCORES[metric]] + probe
+        return [key for metric in self.metrics for key in SCORES[metric]] + self.factor_columns + probe
+
+    @property
+    def factor_columns(self) -> list[str]:
+        """DCI's test accuracy of each factor, when DCI is followed: which factors the units hold
+        at all, and in what order training finds them (the mean, informativeness, hides that)."""
+        return [FACTOR_ACCURACY + name for name in self.factor_names] if "dci" in self.metrics else []
 
     @property
     def plotted(self) -> tuple[str, ...]:
@@ -122,6 +129,8 @@ class DisentanglementMonitor:
         scores = evaluate(units.astype(np.float64), self.ground_truth, metrics=self.metrics, seed=SEED,
                           options=self.options)
         row = {key: float(value) for key, value in scores.items()}
+        if self.factor_columns:
+            row.update(zip(self.factor_columns, map(float, scores.arrays["dci_test_accuracy"])))
         if self.probe is not None:
             row.update(self.probe.measure(model, device))
         row["eval_seconds"] = round(time.perf_counter() - started, 2)
