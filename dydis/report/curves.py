@@ -2,7 +2,8 @@
 
 The training loop writes, on the rows where it evaluates the model, one column per score of
 ``dydis.metrics.evaluate`` named exactly as its key (``factor_vae``, ``dci_disentanglement``,
-``mig``, ...), with blank cells on the other rows. A variant's curve is, at each evaluated
+``mig``, ...), DCI's test accuracy per factor (``dci_accuracy_<factor>``) and the conditioning
+probe's gain, with blank cells on the other rows. A variant's curve is, at each evaluated
 step, the mean and the standard deviation (ddof 0) over its models that evaluated that step.
 """
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dydis.metrics.evaluate import SCORE_KEYS
+from dydis.metrics.evaluate import FACTOR_ACCURACY, SCORE_KEYS
+from dydis.training.conditioning import GAIN
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,11 @@ class Curve:
 
 
 def score_columns(logs: list[list[dict[str, str]]]) -> list[str]:
-    """The score keys that some log has a value for, in ``SCORE_KEYS`` order."""
-    return [key for key in SCORE_KEYS if any(row.get(key) for rows in logs for row in rows)]
+    """The score columns that some log has a value for: ``SCORE_KEYS`` in their order, then the
+    per-factor accuracies in the logs' order, then the conditioning gain."""
+    found = {key for rows in logs for row in rows for key, value in row.items() if value}
+    factors = dict.fromkeys(key for rows in logs for row in rows for key in row if key.startswith(FACTOR_ACCURACY))
+    return [key for key in (*SCORE_KEYS, *factors, GAIN) if key in found]
 
 
 def variant_curve(variant: str, logs: list[list[dict[str, str]]], metric: str) -> Curve | None:
