@@ -31,19 +31,21 @@ def loss_curves(rows: list[dict], columns: list[str], path: Path, title: str, *,
     plt.close(fig)
 
 
-def factor_curves(rows: list[dict], columns: list[str], labels: list[str], path: Path, title: str) -> None:
-    """One line per factor against the step, on [0, 1]: the ``columns`` (one per factor) of the
-    evaluated log ``rows``, each labelled with its factor."""
-    fig, ax = plt.subplots(figsize=(5.0, 3.2))
+def factor_curves(rows: list[dict], panels: dict[str, dict[str, str]], path: Path, title: str) -> None:
+    """Per-factor columns of the evaluated log ``rows`` against the step, on [0, 1]: one panel per
+    entry of ``panels`` (its y label -> {factor name: column}), one line per factor."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.2), squeeze=False)
     steps = [float(r["step"]) for r in rows]
-    for column, label in zip(columns, labels):
-        ax.plot(steps, [float(r.get(column) or "nan") for r in rows], lw=1.2, marker="o", markersize=3, label=label)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel("DCI test accuracy", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.set_title(title, fontsize=9)
+    for ax, (ylabel, columns) in zip(axes[0], panels.items()):
+        for label, column in columns.items():
+            ax.plot(steps, [float(r.get(column) or "nan") for r in rows], lw=1.2, marker="o", markersize=3,
+                    label=label)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

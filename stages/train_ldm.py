@@ -133,12 +133,14 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
         if monitor is not None:
             evaluated = [row for row in log_rows if row.get("eval_seconds")]
             protocol = f"on {len(monitor.rows)} rows, scaled protocol (not eval-metrics')"
-            loss_curves(evaluated, [c for c in monitor.columns if c not in monitor.factor_columns],
+            panels = monitor.factor_panels
+            per_factor = {column for columns in panels.values() for column in columns.values()}
+            loss_curves(evaluated, [c for c in monitor.columns if c not in per_factor],
                         writer.dir / "disentanglement.png", f"train-ldm {name}: {protocol}",
                         scores=monitor.plotted, marker="o")
-            if monitor.factor_columns:
-                factor_curves(evaluated, monitor.factor_columns, list(monitor.factor_names),
-                              writer.dir / "factors.png", f"{name}: which factors the units hold ({protocol})")
+            if panels:
+                factor_curves(evaluated, panels, writer.dir / "factors.png",
+                              f"{name}: which factors the units hold and the U-Net reads ({protocol})")
             writer.results["disentanglement_while_training"] = {
                 **monitor.describe(), "last": {k: float(evaluated[-1][k]) for k in monitor.columns}}
         with progress.task("samples.png: DDIM from the images' units", total=1, unit="sheet") as task:

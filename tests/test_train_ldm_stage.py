@@ -278,11 +278,14 @@ def test_train_ldm_scores_disentanglement_while_training(store, tmp_path):
         truth = GroundTruth(found.data.factors, found.data.factor_sizes)
         expected = evaluate(found.codes[0], truth, metrics=protocol["metrics"], options=protocol["options"])
     accuracy = {k: v for k, v in protocol["last"].items() if k.startswith("dci_accuracy_")}
-    scores = {k: v for k, v in protocol["last"].items() if k not in CONDITIONING_COLUMNS and k not in accuracy}
+    gains = {k: v for k, v in protocol["last"].items() if k.startswith("conditioning_gain_")}
+    scores = {k: v for k, v in protocol["last"].items()
+              if k not in CONDITIONING_COLUMNS and k not in accuracy and k not in gains}
+    factors = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+    assert list(gains) == [f"conditioning_gain_{n}" for n in factors]  # a full grid: every factor has partners
     assert scores == pytest.approx(dict(expected), abs=1e-9)
     # DCI's test accuracy of each factor, by name; informativeness is their mean
-    assert list(accuracy) == [f"dci_accuracy_{n}" for n in ("floor_hue", "wall_hue", "object_hue", "scale", "shape",
-                                                            "orientation")]
+    assert list(accuracy) == [f"dci_accuracy_{n}" for n in factors]
     assert np.mean(list(accuracy.values())) == pytest.approx(expected["dci_informativeness"], abs=1e-9)
     assert 0 < protocol["last"]["cond_loss"] and 0 < protocol["last"]["shuffled_loss"]  # the conditioning probe
     assert "step 4, 64 rows: factor_vae" in " ".join(result.stderr.split())

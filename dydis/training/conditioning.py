@@ -20,6 +20,8 @@ eval-metrics) give the same gain to within 0.003, so the probe uses the scored u
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -43,11 +45,46 @@ def partner_rows(n: int, seed: int) -> np.ndarray:
     return partner
 
 
+def single_factor_partners(factors: np.ndarray, factor_sizes: tuple[int, ...], rows: np.ndarray,
+                           seed: int) -> np.ndarray:
+    """(n_factors, len(rows)): for each factor and each of ``rows``, the dataset row whose factors
+    are the same except that one, set to a seeded random other value; -1 where the dataset has
+    no such row (a subset of the grid)."""
+    factors, sizes = np.asarray(factors), tuple(int(s) for s in factor_sizes)
+    lookup = np.full(int(np.prod(sizes)), -1, np.int64)
+    lookup[np.ravel_multi_index(factors.T, sizes)] = np.arange(len(factors))
+    draw = np.random.RandomState(seed)
+    partners = np.empty((len(sizes), len(rows)), np.int64)
+    for j, size in enumerate(sizes):
+        other = factors[rows].copy()
+        other[:, j] = (other[:, j] + draw.randint(1, size, len(rows))) % size
+        partners[j] = lookup[np.ravel_multi_index(other.T, sizes)]
+    return partners
+
+
+@dataclass(frozen=True)
+class FactorGrid:
+    """The whole dataset, where the probe finds for each of its images the one that differs from
+    it in a single factor; ``rows`` is the dataset row of each image the probe is given."""
+
+    images: np.ndarray  # (n_rows, 64, 64, 3) uint8
+    factors: np.ndarray  # (n_rows, n_factors) int
+    sizes: tuple[int, ...]
+    names: tuple[str, ...]
+    rows: np.ndarray
+
+
 class ConditioningProbe:
     """The fixed batch (``PROBE_ROWS`` of the given rows, a seeded sample), its timesteps, noise
-    and pairing."""
+    and pairing.
 
-    def __init__(self, images: np.ndarray, latents: np.ndarray, seed: int = 0):
+    With a ``grid``, each measurement also gives the gain per factor, ``conditioning_gain_<factor>``:
+    the units of each image swapped for those of the image that differs from it in that factor
+    only. It says which factors the U-Net takes from the units; near 0, that factor of the image
+    comes from the noisy latent alone, whatever the units hold.
+    """
+
+    def __init__(self, images: np.ndarray, latents: np.ndarray, seed: int = 0, grid: FactorGrid | None = None):
         n = min(len(images), PROBE_ROWS)
         rows = np.sort(np.random.RandomState(seed).choice(len(images), n, replace=False))
         self.images = torch.from_numpy(np.ascontiguousarray(images[rows]))  # (n, 64, 64, 3) uint8
@@ -55,10 +92,27 @@ class ConditioningProbe:
         generator = torch.Generator().manual_seed(seed)
         self.noise = torch.randn(self.latents.shape, generator=generator)
         self.partner = torch.from_numpy(partner_rows(n, seed))
+        # factor -> (the probe rows that have a single-factor partner, the partners' images)
+        self.swaps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if grid is not None:
+            found = single_factor_partners(grid.factors, grid.sizes, np.asarray(grid.rows)[rows], seed)
+            for name, partners in zip(grid.names, found):
+                if (partners >= 0).any():
+                    self.swaps[name] = (torch.from_numpy(np.flatnonzero(partners >= 0)),
+                                        torch.from_numpy(np.ascontiguousarray(grid.images[partners[partners >= 0]])))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """What ``measure`` returns: ``COLUMNS``, then the gain per factor that has partners."""
+        return COLUMNS + self.factor_columns
+
+    @property
+    def factor_columns(self) -> tuple[str, ...]:
+        return tuple(f"{GAIN}_{name}" for name in self.swaps)
 
     @torch.no_grad()
     def measure(self, model: LatentDiffusion, device: torch.device) -> dict[str, float]:
-        """The ``COLUMNS`` of the model now; its train/eval mode is restored and no random
+        """The ``columns`` of the model now; its train/eval mode is restored and no random
         number is drawn, so training goes on exactly as without the probe."""
         was_training = model.training
         model.eval()
@@ -66,11 +120,22 @@ class ConditioningProbe:
             context = model.condition(to_model_input(self.images).to(device))
             t = self.timesteps(model.diffusion.num_timesteps).to(device)
             latents, noise = self.latents.to(device), self.noise.to(device)
-            own, shuffled = (model.diffusion.training_loss(model.unet, latents, units, t=t, noise=noise).loss.item()
-                             for units in (context, context[self.partner.to(device)]))
+
+            def loss(units: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+                if keep is None:
+                    return model.diffusion.training_loss(model.unet, latents, units, t=t, noise=noise).loss.item()
+                return model.diffusion.training_loss(model.unet, latents[keep], units, t=t[keep],
+                                                     noise=noise[keep]).loss.item()
+
+            own, shuffled = loss(context), loss(context[self.partner.to(device)])
+            scores = {"cond_loss": own, "shuffled_loss": shuffled, GAIN: 1.0 - own / shuffled}
+            for column, (keep, images) in zip(self.factor_columns, self.swaps.values()):
+                keep = None if len(keep) == len(self.images) else keep.to(device)
+                swapped = loss(model.condition(to_model_input(images).to(device)), keep)
+                scores[column] = 1.0 - (own if keep is None else loss(context[keep], keep)) / swapped
         finally:
             model.train(was_training)
-        return {"cond_loss": own, "shuffled_loss": shuffled, GAIN: 1.0 - own / shuffled}
+        return scores
 
     def timesteps(self, num_timesteps: int) -> torch.Tensor:
         """One timestep per row: the midpoints of ``len(self.images)`` equal bins of [0, T)."""

@@ -30,7 +30,7 @@ from dydis.metrics import GroundTruth, evaluate
 from dydis.metrics.evaluate import FACTOR_ACCURACY, METRIC_KEYS
 from dydis.models.ldm import LatentDiffusion
 from dydis.progress import Progress, SilentProgress
-from dydis.training.conditioning import COLUMNS as CONDITIONING_COLUMNS, GAIN as CONDITIONING_GAIN, ConditioningProbe
+from dydis.training.conditioning import GAIN as CONDITIONING_GAIN, ConditioningProbe, FactorGrid
 from dydis.training.ldm import represent
 
 # the metrics a run can follow while training, with the train_log.csv columns ``evaluate`` gives each
@@ -69,7 +69,8 @@ class DisentanglementMonitor:
     metrics : names among ``SCORES``
     latents : (n_rows, c, h, w), scaled as for training, optional
         With them each evaluation also measures how much the U-Net reads the units
-        (``ConditioningProbe``, on a seeded sample of the subsample's rows).
+        (``ConditioningProbe``, on a seeded sample of the subsample's rows), in all and per
+        factor (each image against the one that differs from it in that factor only).
     """
 
     def __init__(self, images: np.ndarray, factors: np.ndarray, factor_sizes: Sequence[int],
@@ -91,12 +92,13 @@ class DisentanglementMonitor:
         self.images = np.ascontiguousarray(images[picked])
         self.ground_truth = GroundTruth(np.asarray(factors)[picked], factor_sizes)
         self.options = {metric: counts for metric, counts in protocol_options(len(picked)).items() if metric in metrics}
-        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], SEED)
+        grid = FactorGrid(images, np.asarray(factors), tuple(factor_sizes), tuple(factor_names), picked)
+        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], SEED, grid)
 
     @property
     def columns(self) -> list[str]:
         """The score columns each evaluation adds to the log (``eval_seconds`` besides)."""
-        probe = list(CONDITIONING_COLUMNS) if self.probe is not None else []
+        probe = list(self.probe.columns) if self.probe is not None else []
         return [key for metric in self.metrics for key in SCORES[metric]] + self.factor_columns + probe
 
     @property
@@ -104,6 +106,17 @@ class DisentanglementMonitor:
         """DCI's test accuracy of each factor, when DCI is followed: which factors the units hold
         at all, and in what order training finds them (the mean, informativeness, hides that)."""
         return [FACTOR_ACCURACY + name for name in self.factor_names] if "dci" in self.metrics else []
+
+    @property
+    def factor_panels(self) -> dict[str, dict[str, str]]:
+        """The per-factor columns by what they measure, each as {factor name: column}: DCI's test
+        accuracy (which factors the units hold) and the conditioning gain (which the U-Net reads)."""
+        panels = {}
+        if self.factor_columns:
+            panels["DCI test accuracy"] = dict(zip(self.factor_names, self.factor_columns))
+        if self.probe is not None and self.probe.swaps:
+            panels["conditioning gain"] = dict(zip(self.probe.swaps, self.probe.factor_columns))
+        return panels
 
     @property
     def plotted(self) -> tuple[str, ...]:
