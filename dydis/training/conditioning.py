@@ -97,9 +97,10 @@ class ConditioningProbe:
         if grid is not None:
             found = single_factor_partners(grid.factors, grid.sizes, np.asarray(grid.rows)[rows], seed)
             for name, partners in zip(grid.names, found):
-                if (partners >= 0).any():
-                    self.swaps[name] = (torch.from_numpy(np.flatnonzero(partners >= 0)),
-                                        torch.from_numpy(np.ascontiguousarray(grid.images[partners[partners >= 0]])))
+                present = partners >= 0
+                if present.any():
+                    self.swaps[name] = (torch.from_numpy(np.flatnonzero(present)),
+                                        torch.from_numpy(np.ascontiguousarray(grid.images[partners[present]])))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -121,18 +122,17 @@ class ConditioningProbe:
             t = self.timesteps(model.diffusion.num_timesteps).to(device)
             latents, noise = self.latents.to(device), self.noise.to(device)
 
-            def loss(units: torch.Tensor, keep: torch.Tensor | None = None) -> float:
-                if keep is None:
-                    return model.diffusion.training_loss(model.unet, latents, units, t=t, noise=noise).loss.item()
+            def loss(units: torch.Tensor, keep: torch.Tensor | slice = slice(None)) -> float:
                 return model.diffusion.training_loss(model.unet, latents[keep], units, t=t[keep],
                                                      noise=noise[keep]).loss.item()
 
             own, shuffled = loss(context), loss(context[self.partner.to(device)])
             scores = {"cond_loss": own, "shuffled_loss": shuffled, GAIN: 1.0 - own / shuffled}
             for column, (keep, images) in zip(self.factor_columns, self.swaps.values()):
-                keep = None if len(keep) == len(self.images) else keep.to(device)
+                every_row = len(keep) == len(self.images)
+                keep = slice(None) if every_row else keep.to(device)
                 swapped = loss(model.condition(to_model_input(images).to(device)), keep)
-                scores[column] = 1.0 - (own if keep is None else loss(context[keep], keep)) / swapped
+                scores[column] = 1.0 - (own if every_row else loss(context[keep], keep)) / swapped
         finally:
             model.train(was_training)
         return scores

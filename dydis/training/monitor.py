@@ -92,8 +92,10 @@ class DisentanglementMonitor:
         self.images = np.ascontiguousarray(images[picked])
         self.ground_truth = GroundTruth(np.asarray(factors)[picked], factor_sizes)
         self.options = {metric: counts for metric, counts in protocol_options(len(picked)).items() if metric in metrics}
-        grid = FactorGrid(images, np.asarray(factors), tuple(factor_sizes), tuple(factor_names), picked)
-        self.probe = None if latents is None else ConditioningProbe(self.images, latents[picked], SEED, grid)
+        self.probe = None
+        if latents is not None:
+            grid = FactorGrid(images, np.asarray(factors), tuple(factor_sizes), self.factor_names, picked)
+            self.probe = ConditioningProbe(self.images, latents[picked], SEED, grid)
 
     @property
     def columns(self) -> list[str]:
