@@ -80,10 +80,13 @@ def test_curves_average_the_seeds_that_evaluated_each_step():
              {"step": "4", "loss": "0.3", "mig": "0.3"}],
             [{"step": "2", "loss": "0.4", "mig": "0.3", "factor_vae": "0.9"}, {"step": "3", "loss": "0.3", "mig": ""}]]
     assert score_columns(logs) == ["factor_vae", "mig"]  # evaluate's order; loss is no score
-    logs[1][0].update({"conditioning_gain": "0.2", "dci_accuracy_shape": "0.5", "dci_accuracy_hue": "0.9",
-                       "cond_loss": "0.1"})
-    assert score_columns(logs) == ["factor_vae", "mig", "dci_accuracy_shape", "dci_accuracy_hue", "conditioning_gain"]
-    del logs[1][0]["conditioning_gain"], logs[1][0]["dci_accuracy_shape"], logs[1][0]["dci_accuracy_hue"]
+    per_factor = {"conditioning_gain_hue": "0.3", "conditioning_gain": "0.2", "dci_accuracy_shape": "0.5",
+                  "dci_accuracy_hue": "0.9", "cond_loss": "0.1"}
+    logs[1][0].update(per_factor)
+    assert score_columns(logs) == ["factor_vae", "mig", "dci_accuracy_shape", "dci_accuracy_hue", "conditioning_gain",
+                                   "conditioning_gain_hue"]
+    for key in per_factor:
+        del logs[1][0][key]
     curve = variant_curve("dyga", logs, "mig")
     assert curve.steps.tolist() == [2, 4]
     assert curve.mean == pytest.approx([0.2, 0.3]) and curve.std == pytest.approx([0.1, 0.0])

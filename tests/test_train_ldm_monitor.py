@@ -158,8 +158,9 @@ def test_a_dataset_without_varying_factors_is_refused(sizes, names, message):
 
 
 def test_visualize_curves_reads_and_draws_the_scores(tmp_path):
-    """The curves figure gets a row of score panels when a run was evaluated while training;
-    rows without an evaluation (blank scores) are skipped, and a run without any draws none."""
+    """The curves figure gets a row of score panels when a run was evaluated while training, and
+    a row per per-factor measure; rows without an evaluation (blank scores) are skipped, a factor
+    blank on one evaluation is NaN there, and a run without any evaluation draws none."""
     from PIL import Image
 
     from dydis.viz.curves import SCORE_COLUMNS, run_curves
@@ -172,9 +173,20 @@ def test_visualize_curves_reads_and_draws_the_scores(tmp_path):
     without = run_curves("b", [base], [])
     assert with_scores.score_epochs.tolist() == [1.0] and list(with_scores.scores) == list(SCORE_COLUMNS)
     assert with_scores.scores["mig"].tolist() == [float(scored["mig"])] and without.scores == {}
+    assert with_scores.factor_scores == {} == without.factor_scores
+    factors = {"dci_accuracy_hue": "0.9", "dci_accuracy_shape": "0.4", "conditioning_gain_hue": "0.3",
+               "conditioning_gain_shape": ""}
+    later = {**scored, "step": "4", "epoch": "2.0", **factors, "conditioning_gain_shape": "0.1"}
+    by_factor = run_curves("c", [base, {**scored, **factors}, later], [])
+    assert list(by_factor.factor_scores) == ["DCI test accuracy", "conditioning gain"]
+    assert by_factor.factor_scores["DCI test accuracy"]["shape"].tolist() == [0.4, 0.4]
+    np.testing.assert_array_equal(by_factor.factor_scores["conditioning gain"]["shape"], [np.nan, 0.1])
+    assert list(by_factor.factor_scores["conditioning gain"]) == ["hue", "shape"]
     training_curves([with_scores, without], tmp_path / "with.png", "t")
     training_curves([without], tmp_path / "without.png", "t")
-    assert Image.open(tmp_path / "with.png").size[1] > 1.8 * Image.open(tmp_path / "without.png").size[1]
+    training_curves([by_factor, with_scores], tmp_path / "factors.png", "t")
+    heights = {name: Image.open(tmp_path / f"{name}.png").size[1] for name in ("with", "without", "factors")}
+    assert heights["with"] > 1.8 * heights["without"] and heights["factors"] > 1.4 * heights["with"]
 
 
 class _RecordingMonitor(DisentanglementMonitor):

@@ -3,7 +3,7 @@
 The training loop writes, on the rows where it evaluates the model, one column per score of
 ``dydis.metrics.evaluate`` named exactly as its key (``factor_vae``, ``dci_disentanglement``,
 ``mig``, ...), DCI's test accuracy per factor (``dci_accuracy_<factor>``) and the conditioning
-probe's gain, with blank cells on the other rows. A variant's curve is, at each evaluated
+probe's gain, in all and per factor (``conditioning_gain_<factor>``), with blank cells on the other rows. A variant's curve is, at each evaluated
 step, the mean and the standard deviation (ddof 0) over its models that evaluated that step.
 """
 
@@ -27,10 +27,13 @@ class Curve:
 
 def score_columns(logs: list[list[dict[str, str]]]) -> list[str]:
     """The score columns that some log has a value for: ``SCORE_KEYS`` in their order, then the
-    per-factor accuracies in the logs' order, then the conditioning gain."""
+    per-factor accuracies in the logs' order, then the conditioning gain and its per-factor gains."""
     found = {key for rows in logs for row in rows for key, value in row.items() if value}
-    factors = dict.fromkeys(key for rows in logs for row in rows for key in row if key.startswith(FACTOR_ACCURACY))
-    return [key for key in (*SCORE_KEYS, *factors, GAIN) if key in found]
+
+    def per_factor(prefix: str) -> dict[str, None]:
+        return dict.fromkeys(key for rows in logs for row in rows for key in row if key.startswith(prefix))
+
+    return [key for key in (*SCORE_KEYS, *per_factor(FACTOR_ACCURACY), GAIN, *per_factor(f"{GAIN}_")) if key in found]
 
 
 def variant_curve(variant: str, logs: list[list[dict[str, str]]], metric: str) -> Curve | None:

@@ -1,7 +1,8 @@
 """Training curves of ldm runs (paper appendix, Fig. 7): the loss over epochs, the feature
 extractor's gradient norm and what the alignment did (eq. 6's delta), how many anchors each
 unit's DyGA round kept, and the disentanglement scores evaluated while training
-(``--eval-every``), from an ldm artifact's ``train_log.csv`` and ``dyga_rounds.csv`` rows."""
+(``--eval-every``), in all and per factor, from an ldm artifact's ``train_log.csv`` and
+``dyga_rounds.csv`` rows."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dydis.metrics.evaluate import FACTOR_ACCURACY
 from dydis.training.conditioning import GAIN
 from dydis.training.monitor import SCORES
 
 # the scores in [0, 1] (factor_vae_active counts codes), and how much the U-Net reads the units
 SCORE_COLUMNS = (*(key for keys in SCORES.values() for key in keys if key != "factor_vae_active"),
                  GAIN)
+# the per-factor columns on a 0-1 scale, by the prefix of their names: which factors the units
+# hold, and which of them the U-Net reads (``DisentanglementMonitor.factor_panels``)
+FACTOR_MEASURES = {FACTOR_ACCURACY: "DCI test accuracy", f"{GAIN}_": "conditioning gain"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class RunCurves:
     anchors: np.ndarray  # (n_rounds, N) int, anchors per unit of each round; (0, 0) without DyGA
     score_epochs: np.ndarray  # (n_evals,) epoch of each disentanglement evaluation
     scores: dict[str, np.ndarray]  # SCORE_COLUMNS evaluated -> (n_evals,); empty without --eval-every
+    factor_scores: dict[str, dict[str, np.ndarray]]  # FACTOR_MEASURES name -> factor -> (n_evals,)
 
 
 def run_curves(label: str, log_rows: list[dict[str, str]], round_rows: list[dict[str, str]]) -> RunCurves:
@@ -46,7 +52,19 @@ def run_curves(label: str, log_rows: list[dict[str, str]], round_rows: list[dict
                      round_epochs=np.array([float(r["epoch"]) for r in round_rows]),
                      anchors=np.array(rounds, dtype=np.int64) if rounds else np.zeros((0, 0), np.int64),
                      score_epochs=np.array([float(r["epoch"]) for r in evaluated]),
-                     scores={k: np.array([float(r[k]) for r in evaluated]) for k in names})
+                     scores={k: np.array([float(r[k]) for r in evaluated]) for k in names},
+                 factor_scores=_factor_scores(evaluated))
+
+
+def _factor_scores(evaluated: list[dict[str, str]]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-factor columns with a value on some evaluated row, grouped by measure; a factor
+    missing from a row (no single-factor partner there) is NaN."""
+    found = {}
+    for prefix, measure in FACTOR_MEASURES.items():
+        columns = dict.fromkeys(k for r in evaluated for k, v in r.items() if v and k.startswith(prefix))
+        if columns:
+            found[measure] = {k[len(prefix):]: _column(evaluated, k) for k in columns}
+    return found
 
 
 def _column(rows: list[dict[str, str]], key: str) -> np.ndarray:

@@ -124,14 +124,17 @@ def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
     """First row: the loss of every run against the epoch, the feature extractor's gradient
     norm, eq. (6)'s mean delta and the share of (sample, unit) pairs with delta < 1e-3 (runs
     that aligned). Then, for each run with DyGA rounds, a map of the anchors per unit (units
-    down, rounds across, the count written in each cell); last, when runs were evaluated while
-    training, one panel per score, one line per run, on [0, 1]."""
+    down, rounds across, the count written in each cell); then, when runs were evaluated while
+    training, one panel per score, one line per run, on [0, 1]; last, a row per per-factor
+    measure (DCI's test accuracy, the conditioning gain), one panel per factor, one line per run."""
     with_rounds = [run for run in runs if len(run.anchors)]
     score_names = list(dict.fromkeys(name for run in runs for name in run.scores))
+    measures = {measure: list(dict.fromkeys(f for run in runs for f in run.factor_scores.get(measure, {})))
+                for measure in dict.fromkeys(m for run in runs for m in run.factor_scores)}
     panels = [("loss", "training loss", False), ("grad_norm", "extractor gradient norm", True),
               ("delta_mean", "mean delta (eq. 6)", False), ("delta_small", "share of delta < 1e-3", False)]
-    columns = max(len(panels), len(with_rounds), len(score_names))
-    n_rows = 1 + bool(with_rounds) + bool(score_names)
+    columns = max(len(panels), len(with_rounds), len(score_names), *map(len, measures.values()))
+    n_rows = 1 + bool(with_rounds) + bool(score_names) + len(measures)
     fig, axes = plt.subplots(n_rows, columns, figsize=(4.2 * columns, 3.4 * n_rows), squeeze=False)
     for ax, (field, name, log_scale) in zip(axes[0], panels):
         for run in runs:
@@ -150,16 +153,16 @@ def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
         for ax, run in zip(axes[1], with_rounds):
             _anchor_map(ax, run)
         used.append(len(with_rounds))
+    score_rows = axes[1 + bool(with_rounds):]
     if score_names:
-        for ax, name in zip(axes[-1], score_names):
-            for run in runs:
-                if name in run.scores:
-                    ax.plot(run.score_epochs, run.scores[name], lw=1.2, marker="o", markersize=3, label=run.label)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.set_title(f"{name} (while training, subsample)", fontsize=9)
-            ax.tick_params(labelsize=7)
+        for ax, name in zip(score_rows[0], score_names):
+            _score_panel(ax, [(run, run.scores.get(name)) for run in runs], name)
         used.append(len(score_names))
+    for row, (measure, factors) in zip(score_rows[bool(score_names):], measures.items()):
+        for ax, factor in zip(row, factors):
+            _score_panel(ax, [(run, run.factor_scores.get(measure, {}).get(factor)) for run in runs],
+                         f"{measure}: {factor}")
+        used.append(len(factors))
     for row, count in zip(axes, used):
         for ax in row[count:]:
             ax.set_visible(False)
@@ -167,6 +170,17 @@ def training_curves(runs: list[RunCurves], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI + 10)
     plt.close(fig)
+
+
+def _score_panel(ax, lines: list[tuple[RunCurves, np.ndarray | None]], name: str) -> None:
+    """One score on [0, 1] against the epoch, one line per run that has it."""
+    for run, values in lines:
+        if values is not None:
+            ax.plot(run.score_epochs, values, lw=1.2, marker="o", markersize=3, label=run.label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_title(f"{name} (while training, subsample)", fontsize=9)
+    ax.tick_params(labelsize=7)
 
 
 def _anchor_map(ax, run: RunCurves) -> None:
