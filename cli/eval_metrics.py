@@ -20,8 +20,9 @@ def eval_metrics(
     data: RepsDataOpt = None,
     reps: RepsOpt = None,
     metrics: Annotated[Optional[str], typer.Option(
-        metavar="METRIC,METRIC,...", help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad,fid [default: all that apply; fid "
-             "with --model when the Inception weights are here].",
+        metavar="METRIC,METRIC,...", help="Comma-separated: factor_vae,dci,mig,sap,modularity,infomec,tad,fid,conditioning [default: all "
+             "that apply; fid with --model when the Inception weights are here; conditioning with --model on "
+             "its training data].",
         show_default=False)] = None,
     reduce: ReduceOpt = None,
     n_jobs: NJobsOpt = None,

@@ -450,7 +450,9 @@ def check_representation_sources(cfg: Any) -> None:
         raise ConfigError(f"config keys batch_size / gpus: expected >= 2 and >= 0, found {cfg.batch_size}, {cfg.gpus}")
 
 
-MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec", "tad", "fid"]
+# conditioning: not a disentanglement metric but how much a trained model's U-Net reads its units
+# (dydis.training.conditioning); like fid it needs the model, so only --model inputs have it
+MetricName = Literal["factor_vae", "dci", "mig", "sap", "modularity", "infomec", "tad", "fid", "conditioning"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -478,8 +480,9 @@ class EvalMetricsConfig:
 
     def __post_init__(self) -> None:
         check_representation_sources(self)
-        if self.metrics and "fid" in self.metrics and not self.models:
-            raise ConfigError("config key metrics: fid needs a generative model (--model), not --reps")
+        for needs_model in ("fid", "conditioning"):
+            if self.metrics and needs_model in self.metrics and not self.models:
+                raise ConfigError(f"config key metrics: {needs_model} needs a generative model (--model), not --reps")
         for key in ("fid_samples", "fid_steps"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"config key {key}: expected at least 2, found {getattr(self, key)}")

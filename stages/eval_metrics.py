@@ -11,23 +11,28 @@ import itertools
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import torch
 
 from dydis.artifacts import Artifact, ArtifactStore, sha256_file
 from dydis.config import EvalMetricsConfig, to_dict
 from dydis.data.standard import DatasetFile
-from dydis.errors import DataError
 from dydis.distributed import pick_device
+from dydis.errors import DataError
 from dydis.metrics import GroundTruth, evaluate, summarize
+from dydis.metrics.evaluate import Scores
 from dydis.metrics.fid import compute_features
 from dydis.metrics.fid_reference import cached_reference, reference_key
 from dydis.models.inception import find_fid_weights, load_fid_inception
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
+from dydis.training import ldm
+from dydis.training.conditioning import GAIN, PROBE_ROWS, ConditioningProbe, FactorGrid
 from dydis.stages.representations import representations, sampler_for
 
 STAGE = "eval-metrics"
@@ -44,14 +49,25 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
         ground_truth = GroundTruth(data.factors, data.factor_sizes) if data.factor_sizes else None
         fid_reference, fid_sets = fid_feature_sets(cfg, store, models, data_artifact, data, progress) \
             if _wants_fid(cfg) else (None, [None] * len(found.codes))
+        # by default for models; resolve_models has checked that the data is their training data,
+        # whose VQ latents the probe needs
+        probed = bool(models) and (cfg.metrics is None or "conditioning" in cfg.metrics)
+        scored_here = None if cfg.metrics is None else tuple(m for m in cfg.metrics if m != "conditioning")
         runs = []
         with progress.task("eval-metrics", total=len(found.codes), unit="rep") as task:
-            for representation, fid_features in zip(found.codes, fid_sets):
-                runs.append(evaluate(representation, ground_truth, metrics=cfg.metrics, seed=cfg.seed,
-                                     n_jobs=cfg.n_jobs, reduce=cfg.reduce, attributes=data.attributes,
-                                     tad_protocol=cfg.tad_protocol, infomec_active=cfg.infomec_active,
-                                     options={"dci": {"backend": cfg.gbt_backend}}, fid_features=fid_features,
-                                     progress=lambda metric: task.update(description=f"eval-metrics: {metric}")))
+            for index, (representation, fid_features) in enumerate(zip(found.codes, fid_sets)):
+                scores = Scores() if scored_here == () else evaluate(
+                    representation, ground_truth, metrics=scored_here, seed=cfg.seed, n_jobs=cfg.n_jobs,
+                    reduce=cfg.reduce, attributes=data.attributes, tad_protocol=cfg.tad_protocol,
+                    infomec_active=cfg.infomec_active, options={"dci": {"backend": cfg.gbt_backend}},
+                    fid_features=fid_features,
+                    progress=lambda metric: task.update(description=f"eval-metrics: {metric}"))
+                if probed:
+                    task.update(description="eval-metrics: conditioning")
+                    started = time.perf_counter()
+                    scores.update(conditioning_scores(store, models[index], data, cfg.gpus, cfg.seed))
+                    scores.timings["conditioning"] = time.perf_counter() - started
+                runs.append(scores)
                 task.advance(1)
         summary = summarize([dict(r) for r in runs])
         inputs = {"data": data_artifact, **{f"model_{i}": m for i, m in enumerate(models)}}
@@ -90,6 +106,31 @@ def _write_tables(directory: Path, summary: dict, per_run: list[dict]) -> None:
         table.writerow(["metric", "mean", "std", *[f"run_{i}" for i in range(len(per_run))]])
         for metric, stats in summary.items():
             table.writerow([metric, stats["mean"], stats["std"], *[r["metrics"][metric] for r in per_run]])
+
+
+def conditioning_scores(store: ArtifactStore, model: Artifact, data: DatasetFile, gpus: int,
+                        seed: int) -> dict[str, float]:
+    """How much the model's U-Net reads its units (``dydis.training.conditioning``):
+    ``conditioning_gain`` on ``PROBE_ROWS`` rows of its training data drawn with RandomState(seed),
+    each paired with another of them, and on a full grid ``conditioning_gain_<factor>``, each
+    image paired with the one that differs from it in that factor only."""
+    latents_path = store.input_of(model, "vqgan", "vqgan").file("latents.h5")
+    trained = ldm.load_model(model.file("model.pt"))
+    rows = np.sort(np.random.RandomState(seed).choice(len(data), min(len(data), PROBE_ROWS), replace=False))
+    try:
+        with h5py.File(latents_path, "r") as h5:
+            if len(h5["latents"]) != len(data):
+                raise DataError(f"latents: expected one per dataset row ({len(data)}), found {len(h5['latents'])}",
+                                latents_path)
+            latents = h5["latents"][rows].astype(np.float32) * np.float32(trained.scale_factor)
+    except (OSError, KeyError) as err:
+        raise DataError(f"not a readable latent cache with 'latents' ({err})", latents_path) from None
+    grid = (FactorGrid(data.read_images, data.factors, tuple(data.factor_sizes), data.factor_names, rows)
+            if data.factor_sizes else None)
+    probe = ConditioningProbe(data.read_images(rows), latents, seed, grid)
+    device = pick_device(gpus)
+    measured = probe.measure(trained.model.to(device), device)
+    return {key: value for key, value in measured.items() if key.startswith(GAIN)}
 
 
 def _wants_fid(cfg: EvalMetricsConfig) -> bool:

@@ -104,7 +104,7 @@ def test_the_gain_per_factor_swaps_each_image_for_its_single_factor_partner():
     latents = torch.randn(20, 3, 16, 16, generator=torch.Generator().manual_seed(0)).numpy()
     cfg = build_config(TrainLDMConfig, flags={"data": "unused", "preset": "tiny", "max_steps": 1})
     model = build_model(cfg).eval()
-    grid = FactorGrid(images, factors, sizes, ("top", "bottom"), np.arange(20))
+    grid = FactorGrid(images.__getitem__, factors, sizes, ("top", "bottom"), np.arange(20))
     probe = ConditioningProbe(images, latents, seed=0, grid=grid)
     assert probe.columns == ("cond_loss", "shuffled_loss", "conditioning_gain", "conditioning_gain_top",
                              "conditioning_gain_bottom")
@@ -123,10 +123,10 @@ def test_the_gain_per_factor_swaps_each_image_for_its_single_factor_partner():
     assert scores["conditioning_gain_top"] != 0 and scores["conditioning_gain_bottom"] != 0
 
     half = np.flatnonzero(factors[:, 1] < 3)  # bottom values 3 and 4 missing: some rows lack a bottom partner
-    sub = FactorGrid(images[half], factors[half], sizes, ("top", "bottom"), np.arange(len(half)))
+    sub = FactorGrid(images[half].__getitem__, factors[half], sizes, ("top", "bottom"), np.arange(len(half)))
     partial = ConditioningProbe(images[half], latents[half], seed=0, grid=sub)
     keep, _ = partial.swaps["bottom"]
     assert 0 < len(keep) < len(half) and set(partial.measure(model, torch.device("cpu"))) == set(partial.columns)
-    only_top = FactorGrid(images[:4], factors[:4], sizes, ("top", "bottom"), np.arange(4))  # bottom 0..3, top 0
+    only_top = FactorGrid(images[:4].__getitem__, factors[:4], sizes, ("top", "bottom"), np.arange(4))  # bottom 0..3, top 0
     assert ConditioningProbe(images[:4], latents[:4], seed=0, grid=only_top).factor_columns == (
         "conditioning_gain_bottom",)

@@ -6,6 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -157,6 +158,53 @@ def test_eval_metrics_of_a_model_stores_its_representation(store, ldm_artifact):
         scored = found.codes[0]
     np.testing.assert_allclose(scored, expected_units, rtol=1e-5, atol=1e-6)
     assert scored.dtype == np.float64 and not np.array_equal(scored, codes.astype(np.float64))
+
+
+def test_eval_metrics_measures_how_much_the_model_reads_its_units(store, ldm_artifact, monkeypatch):
+    """`conditioning`: the training probe's gains on the model's own training data and VQ latents,
+    overall and per factor (the 2^6 grid is full, so every factor has partners), with the
+    metrics' seed; the default for models; refused for representation files."""
+    import json
+
+    from dydis.data.standard import DatasetFile
+    from dydis.training import ldm
+    from dydis.training.conditioning import ConditioningProbe, FactorGrid
+
+    def reading_units(path):
+        """The model with its weights jittered: after 4 steps its units hardly differ between
+        images (their spread is 1e-5) and its U-Net hardly reads them, so every gain is about 0."""
+        trained = load_model(path)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for weight in trained.model.parameters():
+                weight.add_(0.3 * torch.randn(weight.shape, generator=generator))
+        return trained
+
+    monkeypatch.setattr(ldm, "load_model", reading_units)
+    result = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/scored", "--metrics", "mig,conditioning",
+                                 "--n-jobs", "1", "--root", str(store)])
+    assert result.exit_code == 0, result.output
+    scores = json.load(open(f"{result.stdout.strip()}/metrics.json"))["runs"][0]["metrics"]
+    names = ("floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation")
+    gains = ["conditioning_gain", *(f"conditioning_gain_{n}" for n in names)]
+    assert list(scores) == ["mig", *gains]
+    trained = reading_units(f"{ldm_artifact}/model.pt")
+    vqgan = ArtifactStore(store).input_of(ArtifactStore(store).load(ldm_artifact), "vqgan", "vqgan")
+    with h5py.File(vqgan.file("latents.h5"), "r") as h5:
+        latents = h5["latents"][()] * np.float32(trained.scale_factor)
+    with DatasetFile(Path(store) / "prepare-data/synthetic/v1/data.h5") as data:
+        images, factors = data.images[()], data.factors
+    grid = FactorGrid(images.__getitem__, factors, (2,) * 6, names, np.arange(64))  # the probe's 256 rows: all 64
+    expected = ConditioningProbe(images, latents, 0, grid).measure(trained.model, torch.device("cpu"))
+    assert [scores[k] for k in gains] == pytest.approx([expected[k] for k in gains], abs=1e-6)
+    assert len({round(scores[k], 6) for k in gains}) == len(gains) and max(abs(scores[k]) for k in gains) > 1e-3
+    monkeypatch.undo()
+    default = runner.invoke(app, ["eval-metrics", "--model", "train-ldm/scored", "--n-jobs", "1", "--root", str(store)])
+    assert default.exit_code == 0, default.output
+    assert set(gains) <= set(json.load(open(f"{default.stdout.strip()}/metrics.json"))["summary"])
+    reps = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps",
+                               f"{result.stdout.strip()}/reps.npz", "--metrics", "conditioning", "--root", str(store)])
+    assert reps.exit_code == 2 and "conditioning needs a generative model (--model), not --reps" in reps.stderr
 
 
 def test_the_stored_representation_is_read_back_by_reps(store, ldm_artifact):

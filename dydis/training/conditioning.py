@@ -21,6 +21,7 @@ eval-metrics) give the same gain to within 0.003, so the probe uses the scored u
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,9 +66,10 @@ def single_factor_partners(factors: np.ndarray, factor_sizes: tuple[int, ...], r
 @dataclass(frozen=True)
 class FactorGrid:
     """The whole dataset, where the probe finds for each of its images the one that differs from
-    it in a single factor; ``rows`` is the dataset row of each image the probe is given."""
+    it in a single factor; ``rows`` is the dataset row of each image the probe is given. Images
+    are read by row, so a dataset too large for memory stays on disk."""
 
-    images: np.ndarray  # (n_rows, 64, 64, 3) uint8
+    read_images: Callable[[np.ndarray], np.ndarray]  # dataset rows (any order) -> (b, 64, 64, 3) uint8
     factors: np.ndarray  # (n_rows, n_factors) int
     sizes: tuple[int, ...]
     names: tuple[str, ...]
@@ -100,7 +102,7 @@ class ConditioningProbe:
                 present = partners >= 0
                 if present.any():
                     self.swaps[name] = (torch.from_numpy(np.flatnonzero(present)),
-                                        torch.from_numpy(np.ascontiguousarray(grid.images[partners[present]])))
+                                        torch.from_numpy(np.ascontiguousarray(grid.read_images(partners[present]))))
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -94,7 +94,8 @@ class DisentanglementMonitor:
         self.options = {metric: counts for metric, counts in protocol_options(len(picked)).items() if metric in metrics}
         self.probe = None
         if latents is not None:
-            grid = FactorGrid(images, np.asarray(factors), tuple(factor_sizes), self.factor_names, picked)
+            grid = FactorGrid(lambda wanted: images[wanted], np.asarray(factors), tuple(factor_sizes),
+                              self.factor_names, picked)
             self.probe = ConditioningProbe(self.images, latents[picked], SEED, grid)
 
     @property
