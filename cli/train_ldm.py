@@ -125,7 +125,8 @@ def train_ldm(
         return
     r = artifact.results
     anchors = f", anchors per unit {r['anchors_per_unit']}" if r["anchors_per_unit"] else ""
+    took = f"{r['train_seconds']:.0f} s" if r["train_seconds"] is not None else "a time not recorded before resuming"
     console.print(f"[green]wrote[/] {artifact.ref}: {r['steps']} steps ({r['epochs']} epochs) in "
-                  f"{r['train_seconds']:.0f} s, final loss {r['final_loss']:.4f}, DyGA rounds: {r['dyga_rounds']}"
+                  f"{took}, final loss {r['final_loss']:.4f}, DyGA rounds: {r['dyga_rounds']}"
                   f"{anchors}", highlight=False)
     emit_result(artifact.path)

@@ -13,19 +13,24 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
+
 from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import ReportConfig, to_dict
 from dydis.errors import ConfigError
 from dydis.plots import band_curves
 from dydis.progress import Progress
 from dydis.report.curves import score_columns, variant_curve
-from dydis.report.render import Figure, Report, blocks, markdown, shrink_png, to_html, write_rows
+from dydis.report.render import Figure, Report, Table, blocks, markdown, shrink_png, to_html, write_rows
 from dydis.report.scores import Model, add_scores, expand_refs, rows_of, scored_runs, variant_label
 from dydis.report.stats import compare_variants, in_order, summarize_rows
 from dydis.training.csvlog import read_rows
 
 STAGE = "report"
 FIGURES = ("interchange", "units")  # the visualize figures a report shows per variant
+# what the report's training table shows of each model's train-ldm results: (key, column, scale, digits)
+TRAINING = (("steps", "steps", 1, 0), ("train_seconds", "training minutes", 1 / 60, 1),
+            ("images_per_second", "images/s", 1, 1), ("final_loss", "final training loss", 1, 4))
 
 
 def run(cfg: ReportConfig, store: ArtifactStore, *, name: str | None = None,
@@ -52,8 +57,8 @@ def run(cfg: ReportConfig, store: ArtifactStore, *, name: str | None = None,
                       seed=cfg.seed) as writer:
         write_rows(rows, writer.dir / "report.csv")
         curves, no_curves = _curves(models, variants, writer.dir)
-        report = Report(name, [a.ref for a in scoring], rows, baseline, summary, comparisons, curves, no_curves,
-                        _copy_figures(figures, writer.dir))
+        report = Report(name, [a.ref for a in scoring], rows, baseline, summary, comparisons,
+                        _training(models, variants), curves, no_curves, _copy_figures(figures, writer.dir))
         document = blocks(report)
         (writer.dir / "report.md").write_text(markdown(document))
         (writer.dir / "report.html").write_text(to_html(document, writer.dir))
@@ -76,6 +81,30 @@ def _models(store: ArtifactStore, scoring: list[Artifact]) -> dict[tuple[str, st
             seed = ldm.manifest.get("seed") if ldm is not None else None
             add_scores(models, Model(key, variant_label(artifact, ldm), seed, ldm, scores), artifact)
     return models
+
+
+def _training(models: list[Model], variants: list[str]) -> Table | None:
+    """Mean ± std over each variant's models of what their train-ldm manifests record (``TRAINING``);
+    None when no model has any of it (representation files)."""
+    found = [(key, column, scale, digits) for key, column, scale, digits in TRAINING
+             if any(m.artifact and m.artifact.results.get(key) is not None for m in models)]
+    if not found:
+        return None
+    rows = []
+    for variant in variants:
+        mine = [m.artifact.results for m in models if m.variant == variant and m.artifact]
+        cells = []
+        for key, _, scale, digits in found:
+            values = [float(r[key]) * scale for r in mine if r.get(key) is not None]
+            cells.append(_mean_std(values, digits))
+        rows.append([variant, str(len(mine)), *cells])
+    return Table(["variant", "models", *(column for _, column, _, _ in found)], rows)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    if not values:
+        return ""
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"  # ddof 0, as the score table
 
 
 def _curves(models: list[Model], variants: list[str], directory: Path) -> tuple[list[Figure], str]:

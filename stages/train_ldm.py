@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import time
 from pathlib import Path
 
 import h5py
@@ -26,7 +25,7 @@ from dydis.models.vqgan import VQGAN
 from dydis.plots import factor_curves, loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import ldm as training
-from dydis.training.checkpoint import load_checkpoint
+from dydis.training.checkpoint import ELAPSED, load_checkpoint
 from dydis.training.csvlog import read_rows
 from dydis.training.monitor import DisentanglementMonitor
 from dydis.training.runs import RunFolder
@@ -106,11 +105,9 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
                           f"{len(images)} images of {data_artifact.ref}")
     decoder = VQGAN.from_file(vqgan_artifact.file("model.pt"))  # for the sample sheet; checked before the run
     folder.start(resume=resume)
-    started = time.perf_counter()
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
            torch.from_numpy(latents), torch.arange(len(images)), run_dir, resume, progress if world == 1 else None,
            monitor, board)
-    train_seconds = time.perf_counter() - started
     if not owner:
         return None
 
@@ -153,7 +150,8 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
             "steps": int(state["step"]),
             "epochs": float(log_rows[-1]["epoch"]) if log_rows else 0.0,
             "final_loss": float(log_rows[-1]["loss"]) if log_rows else None,
-            "train_seconds": round(train_seconds, 1),
+            # over every session of a resumed run; None when an older checkpoint did not count it
+            "train_seconds": None if state.get(ELAPSED) is None else round(state[ELAPSED], 1),
             "images_per_second": float(log_rows[-1]["images_per_s"]) if log_rows else None,
             "dyga_rounds": int(state["dyga_rounds"]),
             "anchors_per_unit": [int(k) for k in rounds[-1]["anchors"].split()] if rounds else None,

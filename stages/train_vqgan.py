@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import shutil
-import time
 from pathlib import Path
 
 import h5py
@@ -22,7 +21,7 @@ from dydis.models.vqgan import VQGAN
 from dydis.plots import loss_curves
 from dydis.progress import Progress, SilentProgress
 from dydis.training import vqgan as training
-from dydis.training.checkpoint import load_checkpoint
+from dydis.training.checkpoint import ELAPSED, load_checkpoint
 from dydis.training.runs import RunFolder
 from dydis.training.tensorboard import open_board, tensorboard_enabled
 
@@ -63,11 +62,9 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
             task.advance(1)
     train_rows, held_rows = split_rows(len(images), min(cfg.holdout, max(1, len(images) // 10)), cfg.seed)
     folder.start(resume=resume)
-    started = time.perf_counter()
     world = max(1, cfg.gpus)
     launch(training.fit, world, "nccl" if cfg.gpus else "gloo", cfg, torch.from_numpy(images),
            torch.from_numpy(train_rows), run_dir, resume, progress if world == 1 else None, lpips, board)
-    train_seconds = time.perf_counter() - started
     if not owner:
         return None
 
@@ -98,7 +95,8 @@ def _train(cfg: TrainVQGANConfig, store: ArtifactStore, folder: RunFolder, data_
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()},
             "holdout_images": int(len(held_rows)),
             "steps": int(state["step"]),
-            "train_seconds": round(train_seconds, 1),
+            # over every session of a resumed run; None when an older checkpoint did not count it
+            "train_seconds": None if state.get(ELAPSED) is None else round(state[ELAPSED], 1),
             "images_per_second": float(log_rows[-1]["images_per_s"]) if log_rows else None,
             "lpips": any("lpips" in r for r in log_rows),
             "scale_factor": scale,

@@ -133,3 +133,32 @@ def test_a_process_that_does_not_own_the_folder_neither_checks_nor_deletes(tmp_p
     with folder.claim(resume=False, restart=False, config=CONFIG, owner=False):  # torchrun's rank 1
         folder.start(resume=False)
     assert _contents(folder) == before
+
+
+def test_a_checkpoint_counts_the_training_time_of_every_session(tmp_path, monkeypatch):
+    """Fresh run: the time since the loop began; each resume adds its own from where the file
+    stopped (time between the last save and an interruption is not counted: that work is redone);
+    a checkpoint from before the count leaves the total unknown."""
+    import time
+
+    from dydis.training.checkpoint import ELAPSED, Checkpoint, load_checkpoint, save_checkpoint
+
+    now = [100.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    path = tmp_path / "checkpoint.pt"
+    first = Checkpoint(path, writes=True, lr_key="lr")
+    now[0] = 130.0
+    first.save(3, {}, config={})
+    now[0] = 190.0  # interrupted 60 s after the save
+    resumed = Checkpoint(path, writes=True, lr_key="lr")
+    now[0] = 500.0
+    assert resumed.load()[ELAPSED] == 30.0
+    now[0] = 520.0
+    resumed.save(5, {}, config={})
+    assert load_checkpoint(path)[ELAPSED] == 50.0
+    save_checkpoint(path, {"step": 5, "config": {}})  # written by a version that did not count
+    older = Checkpoint(path, writes=True, lr_key="lr")
+    older.load()
+    now[0] = 600.0
+    older.save(6, {}, config={})
+    assert load_checkpoint(path)[ELAPSED] is None and load_checkpoint(path)["step"] == 6

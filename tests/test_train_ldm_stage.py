@@ -70,6 +70,7 @@ def test_train_ldm_publishes_model_anchors_logs_and_samples(store, tmp_path):
         assert name in manifest["files"]
     results = manifest["results"]
     assert results["steps"] == 4 and results["epochs"] == 1.0 and results["dyga_rounds"] == 1
+    assert 0 < results["train_seconds"] < 600  # the training loop's wall time, from the checkpoint
     assert len(results["anchors_per_unit"]) == 3 and all(1 <= k <= 4 for k in results["anchors_per_unit"])
     model, anchors, _ = load_model(f"{path}/model.pt")
     assert model.feature_extractor.cfg.latent_units == 3 and anchors.n_components == results["anchors_per_unit"]

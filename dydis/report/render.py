@@ -56,6 +56,7 @@ class Report:
     baseline: str
     summary: dict[tuple[str, str], Summary]
     comparisons: list[Comparison]
+    training: Table | None  # each variant's training steps, time, speed and final loss; None without models
     curves: list[Figure]  # one per metric
     no_curves: str  # why there are none, when there are none
     figures: list[Figure]  # each variant's interchange and units figures found in the store
@@ -83,6 +84,12 @@ def blocks(report: Report) -> list[Block]:
                           "variants have the same seeds)."),
                 Table(["metric", *others], [[metric, *(cells.get((v, metric), "") for v in others)]
                                             for metric in metrics])]
+    if report.training is not None:
+        out += [Heading("Training"),
+                Paragraph("Mean ± std over each variant's models of what their train-ldm artifacts record. The "
+                          "time is wall-clock and includes the evaluations while training; the loss is the "
+                          "training loss of the last steps, with Skip Dropout on where a variant has it."),
+                report.training]
     out.append(Heading("Disentanglement during training"))
     out += report.curves or [Paragraph(report.no_curves)]
     if report.figures:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -24,6 +25,8 @@ import torch
 
 from dydis.errors import TrainingDiverged, TrainingInterrupted
 from dydis.torchfile import load_torch_file, require_keys
+
+ELAPSED = "elapsed_seconds"  # the training wall time a checkpoint's state took, over all sessions
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -80,15 +83,21 @@ class Checkpoint:
     stop together when the state is not finite; ``step`` is the step of the state the file
     holds, as far as this run knows (None: no checkpoint, a fresh run), which the errors
     report.
+
+    Each file also records ``ELAPSED``: the wall-clock seconds of training that led to its state,
+    summed over every resumed session (work done after the last checkpoint of an interrupted
+    session is redone, and counted, once). None when a resumed checkpoint did not record it.
     """
 
     def __init__(self, path: Path, *, writes: bool, lr_key: str):
         self.path, self.writes, self.lr_key = path, writes, lr_key
         self.step: int | None = None
+        self._started, self._before = time.perf_counter(), 0.0
 
     def load(self) -> dict[str, Any]:
         state = load_checkpoint(self.path)
         self.step = int(state["step"])
+        self._started, self._before = time.perf_counter(), state.get(ELAPSED)
         return state
 
     def save(self, step: int, parts: dict[str, Any], **values: Any) -> None:
@@ -100,8 +109,9 @@ class Checkpoint:
             found = ", ".join(f"{name} {n} of {total} tensors" for name, (n, total) in bad.items())
             raise self.diverged(f"the state became non-finite by step {step} ({found})")
         if self.writes:
+            elapsed = None if self._before is None else self._before + time.perf_counter() - self._started
             save_checkpoint(self.path, {**{name: cpu_state(part) for name, part in parts.items()}, **values,
-                                        "step": step})
+                                        "step": step, ELAPSED: elapsed})
         self.step = step
 
     def diverged(self, what: str) -> TrainingDiverged:
