@@ -31,9 +31,9 @@ from dydis.metrics.fid_reference import cached_reference, reference_key
 from dydis.models.inception import find_fid_weights, load_fid_inception
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
+from dydis.stages.representations import representations, sampler_for
 from dydis.training import ldm
 from dydis.training.conditioning import GAIN, PROBE_ROWS, ConditioningProbe, FactorGrid
-from dydis.stages.representations import representations, sampler_for
 
 STAGE = "eval-metrics"
 FID_CACHE = Path(".cache") / "fid"  # in the store root: reference statistics, kept across evaluations

@@ -84,8 +84,9 @@ def _models(store: ArtifactStore, scoring: list[Artifact]) -> dict[tuple[str, st
 
 
 def _training(models: list[Model], variants: list[str]) -> Table | None:
-    """Mean ± std over each variant's models of what their train-ldm manifests record (``TRAINING``);
-    None when no model has any of it (representation files)."""
+    """Mean ± std over each variant's models of what their train-ldm manifests record (``TRAINING``),
+    with the count where some model lacks the value; None when no model has any of it
+    (representation files)."""
     found = [(key, column, scale, digits) for key, column, scale, digits in TRAINING
              if any(m.artifact and m.artifact.results.get(key) is not None for m in models)]
     if not found:
@@ -96,7 +97,7 @@ def _training(models: list[Model], variants: list[str]) -> Table | None:
         cells = []
         for key, _, scale, digits in found:
             values = [float(r[key]) * scale for r in mine if r.get(key) is not None]
-            cells.append(_mean_std(values, digits))
+            cells.append(_mean_std(values, digits) + (f" (n={len(values)})" if 0 < len(values) < len(mine) else ""))
         rows.append([variant, str(len(mine)), *cells])
     return Table(["variant", "models", *(column for _, column, _, _ in found)], rows)
 
