@@ -87,8 +87,10 @@ def blocks(report: Report) -> list[Block]:
     if report.training is not None:
         out += [Heading("Training"),
                 Paragraph("Mean ± std over each variant's models of what their train-ldm artifacts record. The "
-                          "time is wall-clock and includes the evaluations while training; the loss is the "
-                          "training loss of the last steps, with Skip Dropout on where a variant has it."),
+                          "minutes are wall-clock over all of a run's sessions, with the DyGA rounds and the "
+                          "evaluations while training; images/s counts the training steps alone (of a run's "
+                          "last session); the loss is the training loss of the last steps, with Skip Dropout "
+                          "on where a variant has it."),
                 report.training]
     out.append(Heading("Disentanglement during training"))
     out += report.curves or [Paragraph(report.no_curves)]
