@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 
@@ -31,7 +30,7 @@ from dydis.metrics.fid_reference import cached_reference, reference_key
 from dydis.models.inception import find_fid_weights, load_fid_inception
 from dydis.plots import importance_heatmap
 from dydis.progress import Progress, SilentProgress
-from dydis.stages.representations import representations, sampler_for
+from dydis.stages.representations import load_latents, representations, sampler_for
 from dydis.training import ldm
 from dydis.training.conditioning import GAIN, PROBE_ROWS, ConditioningProbe, FactorGrid
 
@@ -114,17 +113,9 @@ def conditioning_scores(store: ArtifactStore, model: Artifact, data: DatasetFile
     ``conditioning_gain`` on ``PROBE_ROWS`` rows of its training data drawn with RandomState(seed),
     each paired with another of them, and on a full grid ``conditioning_gain_<factor>``, each
     image paired with the one that differs from it in that factor only."""
-    latents_path = store.input_of(model, "vqgan", "vqgan").file("latents.h5")
     trained = ldm.load_model(model.file("model.pt"))
     rows = np.sort(np.random.RandomState(seed).choice(len(data), min(len(data), PROBE_ROWS), replace=False))
-    try:
-        with h5py.File(latents_path, "r") as h5:
-            if len(h5["latents"]) != len(data):
-                raise DataError(f"latents: expected one per dataset row ({len(data)}), found {len(h5['latents'])}",
-                                latents_path)
-            latents = h5["latents"][rows].astype(np.float32) * np.float32(trained.scale_factor)
-    except (OSError, KeyError) as err:
-        raise DataError(f"not a readable latent cache with 'latents' ({err})", latents_path) from None
+    latents, _ = load_latents(store.input_of(model, "vqgan", "vqgan"), len(data), trained.model.unet.cfg, rows)
     grid = (FactorGrid(data.read_images, data.factors, tuple(data.factor_sizes), data.factor_names, rows)
             if data.factor_sizes else None)
     probe = ConditioningProbe(data.read_images(rows), latents, seed, grid)

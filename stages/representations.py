@@ -1,5 +1,6 @@
-"""What eval-metrics and downstream-gbt share: ldm artifacts -> the representation of every
-dataset row (computed once per model, stored as an .npz), and reading such files back."""
+"""What the stages that read ldm and vqgan artifacts share: ldm artifacts -> the representation
+of every dataset row (computed once per model, stored as an .npz), reading such files back, and
+a VQ-GAN's latent cache (train-ldm trains on it, eval-metrics' conditioning probes with it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import h5py
 import numpy as np
 
 from dydis.artifacts import Artifact, ArtifactStore
@@ -18,12 +20,32 @@ from dydis.data.standard import DatasetFile
 from dydis.distributed import pick_device
 from dydis.errors import ArtifactError, DataError
 from dydis.metrics import check_values
+from dydis.models.config import UNetConfig
 from dydis.models.vqgan import VQGAN
 from dydis.progress import Progress
 from dydis.training import ldm
 from dydis.viz.sampler import Sampler
 
 log = logging.getLogger("dydis.representations")
+
+
+def load_latents(vqgan: Artifact, n_rows: int, unet: UNetConfig,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The cached latents (n, c, h, w) float32 already multiplied by the scale factor, and the
+    factor; only ``rows`` (increasing) when given. The cache must hold ``n_rows`` latents of the
+    U-Net's input shape."""
+    path = vqgan.file("latents.h5")
+    try:
+        with h5py.File(path, "r") as h5:
+            latents, scale = h5["latents"], float(h5.attrs["scale_factor"])
+            expected = (n_rows, unet.in_channels, unet.image_size, unet.image_size)
+            if latents.shape != expected:
+                raise DataError(f"latents: expected shape {expected} (dataset rows x the U-Net's input), found "
+                                f"{latents.shape}", path)
+            scaled = (latents[()] if rows is None else latents[rows]).astype(np.float32) * np.float32(scale)
+    except (OSError, KeyError) as err:
+        raise DataError(f"not a readable latent cache with 'latents' and a scale_factor ({err})", path) from None
+    return scaled, scale
 
 
 def sampler_for(store: ArtifactStore, model_artifact: Artifact, device, *, steps: int, batch_size: int) -> Sampler:

@@ -11,7 +11,6 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 
@@ -20,10 +19,11 @@ from dydis.config import TrainLDMConfig, to_dict
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
 from dydis.distributed import launch, pick_device, publishes_results
-from dydis.errors import ArtifactError, ConfigError, DataError
+from dydis.errors import ArtifactError, ConfigError
 from dydis.models.vqgan import VQGAN
 from dydis.plots import factor_curves, loss_curves
 from dydis.progress import Progress, SilentProgress
+from dydis.stages.representations import load_latents
 from dydis.training import ldm as training
 from dydis.training.checkpoint import ELAPSED, load_checkpoint
 from dydis.training.csvlog import read_rows
@@ -53,22 +53,6 @@ def resolve_inputs(cfg: TrainLDMConfig, store: ArtifactStore) -> tuple[TrainLDMC
     return cfg, data, vqgan
 
 
-def load_latents(vqgan: Artifact, n_rows: int, cfg: TrainLDMConfig) -> tuple[np.ndarray, float]:
-    """The cached latents (n, c, h, w) float32 already multiplied by the scale factor, and the factor."""
-    path = vqgan.file("latents.h5")
-    try:
-        with h5py.File(path, "r") as h5:
-            latents, scale = h5["latents"], float(h5.attrs["scale_factor"])
-            expected = (n_rows, cfg.unet.in_channels, cfg.unet.image_size, cfg.unet.image_size)
-            if latents.shape != expected:
-                raise DataError(f"latents: expected shape {expected} (dataset rows x the U-Net's input), found "
-                                f"{latents.shape}", path)
-            scaled = latents[()].astype(np.float32) * np.float32(scale)
-    except (OSError, KeyError) as err:
-        raise DataError(f"not a readable latent cache with 'latents' and a scale_factor ({err})", path) from None
-    return scaled, scale
-
-
 def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, runs_dir: Path = Path("runs"),
         resume: bool = False, restart: bool = False, progress: Progress | None = None,
         tensorboard: bool | None = None) -> Artifact | None:
@@ -96,7 +80,7 @@ def _train(cfg: TrainLDMConfig, store: ArtifactStore, folder: RunFolder, data_ar
             images = data.images[()]
             task.advance(1)
         factors = data.factors, data.factor_sizes, data.factor_names
-    latents, scale = load_latents(vqgan_artifact, len(images), cfg)
+    latents, scale = load_latents(vqgan_artifact, len(images), cfg.unet)
     monitor = DisentanglementMonitor(images, *factors, every=cfg.eval_every, rows=cfg.eval_rows,
                                      metrics=cfg.eval_metrics, latents=latents) if cfg.eval_every else None
     world = max(1, cfg.gpus)

@@ -35,6 +35,9 @@ from dydis.training.ldm import represent
 
 # the metrics a run can follow while training, with the train_log.csv columns ``evaluate`` gives each
 SCORES = {metric: METRIC_KEYS[metric] for metric in ("factor_vae", "dci", "mig")}
+# the per-factor columns (0-1) by the prefix of their names, each with what it measures: which
+# factors the units hold, and which of them the U-Net reads
+FACTOR_MEASURES = {FACTOR_ACCURACY: "DCI test accuracy", f"{CONDITIONING_GAIN}_": "conditioning gain"}
 SEED = 0  # eval-metrics' default: the metrics' RandomState, and here also the subsample's
 BATCH_SIZE = 256  # eval-metrics' default representation batch, so the same kernels see the same images
 log = logging.getLogger("dydis.train_ldm")
@@ -114,11 +117,12 @@ class DisentanglementMonitor:
     def factor_panels(self) -> dict[str, dict[str, str]]:
         """The per-factor columns by what they measure, each as {factor name: column}: DCI's test
         accuracy (which factors the units hold) and the conditioning gain (which the U-Net reads)."""
+        accuracy, gain = FACTOR_MEASURES.values()
         panels = {}
         if self.factor_columns:
-            panels["DCI test accuracy"] = dict(zip(self.factor_names, self.factor_columns))
+            panels[accuracy] = dict(zip(self.factor_names, self.factor_columns))
         if self.probe is not None and self.probe.swaps:
-            panels["conditioning gain"] = dict(zip(self.probe.swaps, self.probe.factor_columns))
+            panels[gain] = dict(zip(self.probe.swaps, self.probe.factor_columns))
         return panels
 
     @property

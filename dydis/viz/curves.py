@@ -10,16 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dydis.metrics.evaluate import FACTOR_ACCURACY
 from dydis.training.conditioning import GAIN
-from dydis.training.monitor import SCORES
+from dydis.training.monitor import FACTOR_MEASURES, SCORES
 
 # the scores in [0, 1] (factor_vae_active counts codes), and how much the U-Net reads the units
 SCORE_COLUMNS = (*(key for keys in SCORES.values() for key in keys if key != "factor_vae_active"),
                  GAIN)
-# the per-factor columns on a 0-1 scale, by the prefix of their names: which factors the units
-# hold, and which of them the U-Net reads (``DisentanglementMonitor.factor_panels``)
-FACTOR_MEASURES = {FACTOR_ACCURACY: "DCI test accuracy", f"{GAIN}_": "conditioning gain"}
 
 
 @dataclass(frozen=True)
