@@ -72,6 +72,30 @@ def test_feature_extractor_can_drop_the_final_relu():
     assert (units < 0).any()
 
 
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_he_init_carries_the_images_spread_to_the_tokens(preset):
+    """With PyTorch's default init every linear layer shrinks its input's spread, so the tokens of
+    different images are nearly equal at step 0; He init keeps the spread (FeatureExtractorConfig.init)."""
+    images = torch.rand(64, 3, 64, 64) * 2 - 1
+    spread = {}
+    for init in ("torch", "he"):
+        torch.manual_seed(0)
+        extractor = FeatureExtractor(dataclasses.replace(FEATURE_EXTRACTOR_PRESETS[preset], init=init)).train()
+        with torch.no_grad():
+            spread[init] = extractor(images).units.std(dim=0).mean().item()
+    assert spread["he"] > 20 * spread["torch"]
+    he = FeatureExtractor(dataclasses.replace(FEATURE_EXTRACTOR_PRESETS[preset], init="he"))
+    for layer in [m for m in he.head if isinstance(m, nn.Linear)] + list(he.unit_mlps.layers):
+        fan_in = layer.weight.shape[1]  # nn.Linear (out, in); GroupedLinear (groups, in, out)
+        assert torch.count_nonzero(layer.bias) == 0
+        assert abs(layer.weight.std().item() / (2.0 / fan_in) ** 0.5 - 1) < 0.2
+
+
+def test_feature_extractor_init_is_checked():
+    with pytest.raises(ConfigError, match="feature_extractor.init"):
+        dataclasses.replace(FEATURE_EXTRACTOR_PRESETS["tiny"], init="xavier")
+
+
 def test_unit_mlps_batched_equal_a_loop_over_units():
     torch.manual_seed(0)
     cfg = FEATURE_EXTRACTOR_PRESETS["tiny"]

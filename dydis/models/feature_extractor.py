@@ -6,7 +6,8 @@ cross-attention. The layers follow the authors' released ``FeatureExtractor`` ra
 Table 9 where they differ (DESIGN section 9): every 4x4 convolution has stride 2 and padding 1
 (Table 9 prints stride 1, padding 3 for the first; only the code's choice flattens to 4096),
 and each unit MLP ends in a ReLU (optional here, ``final_relu``). The N unit MLPs run as one
-batched einsum over grouped weights instead of N separate modules.
+batched einsum over grouped weights instead of N separate modules. ``init`` "he" replaces
+PyTorch's default init of the linear layers (``FeatureExtractorConfig.init`` says why).
 """
 
 from __future__ import annotations
@@ -89,6 +90,16 @@ class FeatureExtractor(nn.Module):
             nn.Linear(cfg.fc_bottleneck, cfg.latent_units),
         )
         self.unit_mlps = UnitMLPs(cfg.latent_units, cfg.mlp_hidden, cfg.unit_dim, final_relu=cfg.final_relu)
+        if cfg.init == "he":
+            self._he_init()
+
+    def _he_init(self) -> None:
+        """He-normal weights (std sqrt(2 / fan_in)) and zero biases for the FC head and the unit MLPs."""
+        linears = [(m.weight, m.bias, m.in_features) for m in self.head if isinstance(m, nn.Linear)]
+        linears += [(m.weight, m.bias, m.weight.shape[1]) for m in self.unit_mlps.layers]
+        for weight, bias, fan_in in linears:
+            nn.init.normal_(weight, 0.0, math.sqrt(2.0 / fan_in))
+            nn.init.zeros_(bias)
 
     def forward(self, x: Tensor) -> FeatureExtractorOutput:  # x: (b, c, 64, 64)
         h = rearrange(self.cnn(x), "b c h w -> b (c h w)")  # (b, 4d * 4 * 4), channel-major as nn.Flatten
