@@ -77,14 +77,14 @@ def test_he_init_carries_the_images_spread_to_the_tokens(preset):
     """With PyTorch's default init every linear layer shrinks its input's spread, so the tokens of
     different images are nearly equal at step 0; He init keeps the spread (FeatureExtractorConfig.init)."""
     images = torch.rand(64, 3, 64, 64) * 2 - 1
-    spread = {}
+    extractors, spread = {}, {}
     for init in ("torch", "he"):
         torch.manual_seed(0)
-        extractor = FeatureExtractor(dataclasses.replace(FEATURE_EXTRACTOR_PRESETS[preset], init=init)).train()
+        extractors[init] = FeatureExtractor(dataclasses.replace(FEATURE_EXTRACTOR_PRESETS[preset], init=init)).train()
         with torch.no_grad():
-            spread[init] = extractor(images).units.std(dim=0).mean().item()
+            spread[init] = extractors[init](images).units.std(dim=0).mean().item()
     assert spread["he"] > 20 * spread["torch"]
-    he = FeatureExtractor(dataclasses.replace(FEATURE_EXTRACTOR_PRESETS[preset], init="he"))
+    he = extractors["he"]
     for layer in [m for m in he.head if isinstance(m, nn.Linear)] + list(he.unit_mlps.layers):
         fan_in = layer.weight.shape[1]  # nn.Linear (out, in); GroupedLinear (groups, in, out)
         assert torch.count_nonzero(layer.bias) == 0

@@ -94,7 +94,10 @@ class FeatureExtractor(nn.Module):
             self._he_init()
 
     def _he_init(self) -> None:
-        """He-normal weights (std sqrt(2 / fan_in)) and zero biases for the FC head and the unit MLPs."""
+        """He-normal weights (std sqrt(2 / fan_in)) and zero biases for the FC head and the unit MLPs.
+
+        Not ``nn.init.kaiming_normal_``: it would read a GroupedLinear weight (groups, in, out) as a
+        conv kernel and take in * out as its fan-in."""
         linears = [(m.weight, m.bias, m.in_features) for m in self.head if isinstance(m, nn.Linear)]
         linears += [(m.weight, m.bias, m.weight.shape[1]) for m in self.unit_mlps.layers]
         for weight, bias, fan_in in linears:
