@@ -77,6 +77,9 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
             for index, (path, scores) in enumerate(zip(found.paths, runs)):
                 per_factor = ({"dci_test_accuracy": _by_factor(scores.arrays["dci_test_accuracy"], names)}
                               if "dci_test_accuracy" in scores.arrays else {})
+                if "factor_vae_votes" in scores.arrays:  # why FactorVAE falls short: factors sharing a code
+                    per_factor["factor_vae_votes"] = {(names[i] if i < len(names) else str(i)): row.tolist()
+                                                      for i, row in enumerate(scores.arrays["factor_vae_votes"])}
                 copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
                 shutil.copy(path, writer.dir / copy)
                 stored = {"codes_dtype": found.stored_dtypes[index]} if found.models else {}

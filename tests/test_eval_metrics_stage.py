@@ -57,6 +57,24 @@ def test_dci_says_which_factors_the_codes_hold(tmp_path, dataset):
     assert np.mean(list(accuracy.values())) == pytest.approx(run["metrics"]["dci_informativeness"])
 
 
+def test_factor_vae_votes_name_the_code_each_factor_lands_in(tmp_path, dataset):
+    """metrics.json keeps FactorVAE's evaluation votes per factor and code, so a score short of 1
+    can be traced to the factors that share a code (here the last two, summed into one code)."""
+    root, factors = dataset
+    reps = tmp_path / "shared.npz"
+    np.savez(reps, codes=np.column_stack([factors[:, :4], factors[:, 4] + factors[:, 5]]).astype(float))
+    result = runner.invoke(app, ["eval-metrics", "--data", "prepare-data/synthetic", "--reps", str(reps),
+                                 "--metrics", "factor_vae", "--n-jobs", "1", "--root", root])
+    assert result.exit_code == 0, result.output
+    run = json.loads(open(f"{result.stdout.strip()}/metrics.json").read())["runs"][0]
+    votes = run["factor_vae_votes"]
+    assert list(votes) == ["floor_hue", "wall_hue", "object_hue", "scale", "shape", "orientation"]
+    winners = {name: int(np.argmax(row)) for name, row in votes.items()}
+    assert winners == {"floor_hue": 0, "wall_hue": 1, "object_hue": 2, "scale": 3, "shape": 4, "orientation": 4}
+    assert sum(map(sum, votes.values())) == 5000
+    assert run["metrics"]["factor_vae"] < 0.9
+
+
 @pytest.mark.parametrize("case", ["missing", "key", "rows", "nan", "npy", "no codes", "no units", "huge", "huge units"])
 def test_bad_reps_exit_2(tmp_path, dataset, case):
     root, factors = dataset

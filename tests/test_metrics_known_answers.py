@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dydis.metrics import (
-    GroundTruth, dci, factor_vae, grid_factors, infomec, mig, modularity_explicitness,
+    GroundTruth, dci, factor_vae, factor_vae_details, grid_factors, infomec, mig, modularity_explicitness,
     reduce_units, sap,
 )
 
@@ -58,6 +58,25 @@ def plugin_mi(a: np.ndarray, b: np.ndarray) -> float:
 def test_identity_codes_score_one_on_factor_vae(grid):
     gt, identity = grid
     assert run("factor_vae", identity, gt) == {"factor_vae": 1.0, "factor_vae_active": 4.0}
+
+
+def test_factor_vae_votes_show_two_factors_sharing_a_code(grid):
+    """Code 0 holds factors 0 and 1 together: fixing either halves its variance, so both factors'
+    votes go to it, the majority vote gives it to one of them and the score stops near 3/4."""
+    gt, identity = grid
+    standard = (identity - identity.mean(0)) / identity.std(0)
+    rng = np.random.default_rng(0)
+    codes = np.column_stack([standard[:, 0] + standard[:, 1], rng.normal(size=len(identity)),
+                             standard[:, 2], standard[:, 3], np.zeros(len(identity))])  # code 4 is dead
+    d = factor_vae_details(codes, gt, **SMALL["factor_vae"])
+    votes = d["votes"]
+    assert votes.shape == (4, 5) and votes.sum() == SMALL["factor_vae"]["n_eval"]
+    assert (votes[:2, 1:] == 0).all() and (votes[2:, 0] == 0).all()  # factors 0 and 1 vote for code 0 only
+    assert votes[2, 2] == votes[2].sum() and votes[3, 3] == votes[3].sum()
+    assert (votes[:, 4] == 0).all() and d["factor_vae_active"] == 4.0
+    assert d["factor_vae"] == pytest.approx((votes[:2, 0].max() + votes[2:].sum()) / votes.sum())
+    assert d["factor_vae"] == pytest.approx(0.75, abs=0.08)
+    assert factor_vae(codes, gt, **SMALL["factor_vae"]) == {k: d[k] for k in ("factor_vae", "factor_vae_active")}
 
 
 def test_identity_codes_have_dci_near_one(grid):

@@ -12,7 +12,7 @@ from dydis.metrics._common import check_values, summarize
 from dydis.metrics.dci import DCIFit, completeness, dci, dci_importance, disentanglement
 from dydis.metrics.downstream import DownstreamResult, downstream_gbt, draw_splits
 from dydis.metrics.evaluate import GRID_METRICS, METRICS, Scores, evaluate
-from dydis.metrics.factor_vae import factor_vae
+from dydis.metrics.factor_vae import factor_vae, factor_vae_details
 from dydis.metrics.fid import compute_features, feature_statistics, fid, frechet_distance
 from dydis.metrics.ground_truth import GroundTruth, grid_factors
 from dydis.metrics.infomec import infomec, infomec_details
@@ -25,7 +25,7 @@ from dydis.metrics.tad import tad, tad_details
 __all__ = [
     "DCIFit", "DownstreamResult", "GRID_METRICS", "GroundTruth", "METRICS", "REDUCTIONS", "Scores",
     "check_values", "completeness", "compute_features", "dci", "dci_importance", "disentanglement", "downstream_gbt",
-    "draw_splits", "evaluate", "factor_vae", "feature_statistics", "fid", "frechet_distance",
+    "draw_splits", "evaluate", "factor_vae", "factor_vae_details", "feature_statistics", "fid", "frechet_distance",
     "grid_factors", "infomec", "infomec_details", "mig", "modularity", "modularity_explicitness",
     "reduce_codes", "reduce_units", "sap", "sap_score_matrix", "summarize", "tad", "tad_details",
 ]

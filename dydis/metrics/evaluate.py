@@ -15,7 +15,7 @@ import numpy as np
 
 from dydis.errors import ConfigError, DataError
 from dydis.metrics.dci import dci_importance, dci_scores
-from dydis.metrics.factor_vae import factor_vae
+from dydis.metrics.factor_vae import factor_vae_details
 from dydis.metrics.fid import fid
 from dydis.metrics.ground_truth import GroundTruth
 from dydis.metrics.infomec import infomec_details
@@ -47,6 +47,7 @@ class Scores(dict):
     Attributes
     ----------
     arrays : dict[str, np.ndarray]
+        ``factor_vae_votes`` (n_factors, n_codes: the evaluation votes each code won),
         ``dci_importance`` (n_codes, n_factors), ``dci_test_accuracy`` (n_factors,: which factors
         the codes hold at all; informativeness is its mean), ``infomec_nmi`` (n_factors, n_codes),
         ``infomec_active`` (n_codes,), ``tad_auroc`` (n_attributes, n_codes), for the
@@ -140,7 +141,9 @@ def evaluate(
         start = time.perf_counter()
         kw = options.get(name, {})
         if name == "factor_vae":
-            scores.update(factor_vae(scalar_codes, ground_truth, seed=seed, **kw))
+            d = factor_vae_details(scalar_codes, ground_truth, seed=seed, **kw)
+            scores.update({k: d[k] for k in ("factor_vae", "factor_vae_active")})
+            scores.arrays["factor_vae_votes"] = d["votes"]
         elif name == "dci":
             fit = dci_importance(scalar_codes, ground_truth, seed=seed, n_jobs=n_jobs, **kw)
             scores.update(dci_scores(fit))
