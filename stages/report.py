@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ from dydis.plots import band_curves
 from dydis.progress import Progress
 from dydis.report.curves import score_columns, variant_curve
 from dydis.report.render import Figure, Report, Table, blocks, markdown, shrink_png, to_html, write_rows
-from dydis.report.scores import Model, add_scores, expand_refs, rows_of, scored_runs, variant_label
+from dydis.report.scores import (
+    Model, add_scores, expand_refs, rows_of, scored_runs, shared_codes, variant_label,
+)
 from dydis.report.stats import compare_variants, in_order, summarize_rows
 from dydis.training.csvlog import read_rows
 
@@ -58,7 +61,8 @@ def run(cfg: ReportConfig, store: ArtifactStore, *, name: str | None = None,
         write_rows(rows, writer.dir / "report.csv")
         curves, no_curves = _curves(models, variants, writer.dir)
         report = Report(name, [a.ref for a in scoring], rows, baseline, summary, comparisons,
-                        _training(models, variants), curves, no_curves, _copy_figures(figures, writer.dir))
+                        _training(models, variants), _sharing(models, variants), curves, no_curves,
+                        _copy_figures(figures, writer.dir))
         document = blocks(report)
         (writer.dir / "report.md").write_text(markdown(document))
         (writer.dir / "report.html").write_text(to_html(document, writer.dir))
@@ -79,7 +83,9 @@ def _models(store: ArtifactStore, scoring: list[Artifact]) -> dict[tuple[str, st
             ldm = store.input_of(artifact, f"model_{index}", "ldm") if "model" in source else None
             key = ldm.manifest_sha256() if ldm is not None else source.get("sha256", f"{artifact.ref}#{index}")
             seed = ldm.manifest.get("seed") if ldm is not None else None
-            add_scores(models, Model(key, variant_label(artifact, ldm), seed, ldm, scores), artifact)
+            votes = source.get("factor_vae_votes")
+            shared = shared_codes(votes) if votes else None
+            add_scores(models, Model(key, variant_label(artifact, ldm), seed, ldm, scores, shared), artifact)
     return models
 
 
@@ -100,6 +106,20 @@ def _training(models: list[Model], variants: list[str]) -> Table | None:
             cells.append(_mean_std(values, digits) + (f" (n={len(values)})" if 0 < len(values) < len(mine) else ""))
         rows.append([variant, str(len(mine)), *cells])
     return Table(["variant", "models", *(column for _, column, _, _ in found)], rows)
+
+
+def _sharing(models: list[Model], variants: list[str]) -> Table | None:
+    """Per variant, the groups of factors that share FactorVAE's code and in how many of its models;
+    None when no model has FactorVAE's votes."""
+    if all(m.shared is None for m in models):
+        return None
+    rows = []
+    for variant in variants:
+        mine = [m.shared for m in models if m.variant == variant and m.shared is not None]
+        groups = Counter(group for shared in mine for group in shared)
+        cells = "; ".join(f"{' + '.join(group)} ({count} of {len(mine)})" for group, count in sorted(groups.items()))
+        rows.append([variant, str(len(mine)), cells or "none"])
+    return Table(["variant", "models", "factors sharing a code (models)"], rows)
 
 
 def _mean_std(values: list[float], digits: int) -> str:

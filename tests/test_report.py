@@ -18,6 +18,7 @@ from conftest import artifact_dirs, synthetic_dataset
 from dydis.artifacts import Artifact, ArtifactStore
 from dydis.cli.main import app
 from dydis.report.curves import score_columns, variant_curve
+from dydis.report.scores import shared_codes
 from dydis.report.stats import Row, bootstrap_interval, compare_variants, paired_p_value, summarize_rows
 
 runner = CliRunner()
@@ -93,6 +94,13 @@ def test_curves_average_the_seeds_that_evaluated_each_step():
     assert variant_curve("dyga", logs, "sap") is None and score_columns([[{"step": "1", "loss": "1"}]]) == []
 
 
+def test_shared_codes_groups_the_factors_whose_votes_peak_on_one_code():
+    votes = {"hue": [90, 5, 5, 0], "scale": [0, 3, 80, 17], "shape": [1, 0, 60, 39], "turn": [0, 50, 0, 0],
+             "size": [0, 48, 2, 0]}
+    assert shared_codes(votes) == [("scale", "shape"), ("turn", "size")]
+    assert shared_codes({"a": [9, 1], "b": [1, 9]}) == []
+
+
 # ---- hand-made artifacts: a sweep of two variants over three seeds -------------------------------
 
 def train_log(rows: list[dict]) -> str:
@@ -112,8 +120,10 @@ def make_ldm(root: Path, name: str, seed: int, label: str | None, log: list[dict
     return writer.artifact
 
 
-def make_metrics(root: Path, name: str, models: list[Artifact], mig: list[float]) -> Artifact:
+def make_metrics(root: Path, name: str, models: list[Artifact], mig: list[float], votes=None) -> Artifact:
     runs = [{"model": m.ref, "metrics": {"mig": v, "sap": 2 * v}} for m, v in zip(models, mig)]
+    for run, model_votes in zip(runs, votes or []):
+        run["factor_vae_votes"] = model_votes
     with ArtifactStore(root).create(stage="eval-metrics", name=name, kind="metrics", config={},
                                     inputs={f"model_{i}": m for i, m in enumerate(models)}) as writer:
         (writer.dir / "metrics.json").write_text(json.dumps({"summary": {}, "runs": runs}))
@@ -245,6 +255,29 @@ def test_baseline_option_picks_the_variant_compared_with(sweep):
     results = ArtifactStore(sweep).load(result.stdout.strip()).results
     assert results["baseline"] == "dyga" and {c["variant"] for c in results["comparisons"]} == {"baseline"}
     assert results["comparisons"][0]["difference"] == pytest.approx(-0.2)
+
+
+def test_report_names_the_factors_that_share_a_code(tmp_path):
+    """From eval-metrics' FactorVAE votes: per variant, which factors' votes peak on one code, in how many
+    models; a variant scored without FactorVAE has no votes and the table says so by its count."""
+    root = tmp_path / "store"
+    merged = {"hue": [80, 0, 0], "scale": [0, 70, 10], "shape": [0, 60, 20]}
+    apart = {"hue": [80, 0, 0], "scale": [0, 70, 10], "shape": [0, 20, 60]}
+    base = [make_ldm(root, f"v-base-s{seed}", seed, "base", [{"step": 1, "loss": 1.0}], "none") for seed in (1, 2, 3)]
+    dyga = [make_ldm(root, f"v-dyga-s{seed}", seed, "dyga", [{"step": 1, "loss": 1.0}], "dyga") for seed in (1, 2)]
+    make_metrics(root, "v-base", base, [0.1, 0.2, 0.3], votes=[merged, apart, merged])
+    make_metrics(root, "v-dyga", dyga, [0.1, 0.2], votes=[apart, apart])
+    result = report(root, "--metrics", "eval-metrics/v-*")
+    assert result.exit_code == 0, result.output
+    markdown = (Path(result.stdout.strip()) / "report.md").read_text()
+    assert ("| variant | models | factors sharing a code (models) |\n|---|---|---|\n"
+            "| base | 3 | scale + shape (2 of 3) |\n| dyga | 2 | none |") in markdown
+
+
+def test_no_sharing_table_without_factor_vae_votes(sweep):
+    result = report(sweep, "--metrics", "eval-metrics/study-*")
+    assert result.exit_code == 0, result.output
+    assert "share a unit" not in (Path(result.stdout.strip()) / "report.md").read_text()
 
 
 # ---- the real eval-metrics and downstream-gbt formats -------------------------------------------

@@ -57,6 +57,7 @@ class Report:
     summary: dict[tuple[str, str], Summary]
     comparisons: list[Comparison]
     training: Table | None  # each variant's training steps, time, speed and final loss; None without models
+    sharing: Table | None  # each variant's factors that share FactorVAE's code; None without its votes
     curves: list[Figure]  # one per metric
     no_curves: str  # why there are none, when there are none
     figures: list[Figure]  # each variant's interchange and units figures found in the store
@@ -92,6 +93,12 @@ def blocks(report: Report) -> list[Block]:
                           "last session); the loss is the training loss of the last steps, with Skip Dropout "
                           "on where a variant has it."),
                 report.training]
+    if report.sharing is not None:
+        out += [Heading("Factors that share a unit"),
+                Paragraph("From FactorVAE's evaluation votes: factors whose votes go mostly to the same code. "
+                          "FactorVAE's majority vote gives that code to one of them, so with one such pair among "
+                          "k factors the score stays near (k - 1) / k however well the rest is separated."),
+                report.sharing]
     out.append(Heading("Disentanglement during training"))
     out += report.curves or [Paragraph(report.no_curves)]
     if report.figures:

@@ -35,6 +35,17 @@ class Model:
     seed: int | None
     artifact: Artifact | None  # the ldm artifact; None for a representation file
     scores: dict[str, float] = field(default_factory=dict)
+    shared: list[tuple[str, ...]] | None = None  # factors whose FactorVAE votes go to one code; None: no votes
+
+
+def shared_codes(votes: dict[str, list[int]]) -> list[tuple[str, ...]]:
+    """The groups of factors (two or more) whose FactorVAE evaluation votes go mostly to the same
+    code, from eval-metrics' ``factor_vae_votes`` ({factor: votes per code}). FactorVAE's majority
+    vote gives such a code to one factor of the group, so the others' votes count as errors."""
+    by_code: dict[int, list[str]] = {}
+    for factor, row in votes.items():
+        by_code.setdefault(max(range(len(row)), key=row.__getitem__), []).append(factor)
+    return sorted(tuple(group) for group in by_code.values() if len(group) > 1)
 
 
 def expand_refs(store: ArtifactStore, refs: tuple[str, ...]) -> list[str]:
@@ -91,6 +102,8 @@ def add_scores(models: dict[tuple[str, str], Model], model: Model, scored_by: Ar
     eval-metrics and a downstream-gbt artifact score the same models); a score given twice
     is an error, because the report would have to pick one."""
     seen = models.setdefault((model.variant, model.key), Model(model.key, model.variant, model.seed, model.artifact))
+    if model.shared is not None:
+        seen.shared = model.shared
     twice = sorted(set(seen.scores) & set(model.scores))
     if twice:
         raise DataError(f"{twice[0]} of this model ({model.variant}, seed {model.seed}) is also in another input; "
