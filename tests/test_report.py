@@ -99,6 +99,7 @@ def test_shared_codes_groups_the_factors_whose_votes_peak_on_one_code():
              "size": [0, 48, 2, 0]}
     assert shared_codes(votes) == [("scale", "shape"), ("turn", "size")]
     assert shared_codes({"a": [9, 1], "b": [1, 9]}) == []
+    assert shared_codes({"a": [0, 0], "b": [0, 0]}) == []  # every code pruned: no votes, nothing shared
 
 
 # ---- hand-made artifacts: a sweep of two variants over three seeds -------------------------------

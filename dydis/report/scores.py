@@ -41,9 +41,12 @@ class Model:
 def shared_codes(votes: dict[str, list[int]]) -> list[tuple[str, ...]]:
     """The groups of factors (two or more) whose FactorVAE evaluation votes go mostly to the same
     code, from eval-metrics' ``factor_vae_votes`` ({factor: votes per code}). FactorVAE's majority
-    vote gives such a code to one factor of the group, so the others' votes count as errors."""
+    vote gives such a code to one factor of the group, so the others' votes count as errors. A factor
+    without votes (every code pruned) is in no group."""
     by_code: dict[int, list[str]] = {}
     for factor, row in votes.items():
+        if not any(row):
+            continue
         by_code.setdefault(max(range(len(row)), key=row.__getitem__), []).append(factor)
     return sorted(tuple(group) for group in by_code.values() if len(group) > 1)
 
