@@ -13,7 +13,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,11 +75,9 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
             names = data_artifact.results.get("factor_names") or []
             per_run = []
             for index, (path, scores) in enumerate(zip(found.paths, runs)):
-                per_factor = ({"dci_test_accuracy": _by_factor(scores.arrays["dci_test_accuracy"], names)}
-                              if "dci_test_accuracy" in scores.arrays else {})
-                if "factor_vae_votes" in scores.arrays:  # why FactorVAE falls short: factors sharing a code
-                    per_factor["factor_vae_votes"] = {(names[i] if i < len(names) else str(i)): row.tolist()
-                                                      for i, row in enumerate(scores.arrays["factor_vae_votes"])}
+                # DCI's accuracy says which factors the codes hold; FactorVAE's votes, which share a code
+                per_factor = {key: _by_factor(scores.arrays[key].tolist(), names)
+                              for key in ("dci_test_accuracy", "factor_vae_votes") if key in scores.arrays}
                 copy = f"reps_{index}.npz" if len(found.paths) > 1 else "reps.npz"
                 shutil.copy(path, writer.dir / copy)
                 stored = {"codes_dtype": found.stored_dtypes[index]} if found.models else {}
@@ -96,9 +94,9 @@ def run(cfg: EvalMetricsConfig, store: ArtifactStore, *, name: str | None = None
     return writer.artifact
 
 
-def _by_factor(values, names: list[str]) -> dict[str, float]:
+def _by_factor(values: list, names: list[str]) -> dict[str, Any]:
     """One value per factor, keyed by the dataset's factor names (their indices when it has none)."""
-    return {(names[i] if i < len(names) else str(i)): float(v) for i, v in enumerate(values)}
+    return {(names[i] if i < len(names) else str(i)): v for i, v in enumerate(values)}
 
 
 def _write_tables(directory: Path, summary: dict, per_run: list[dict]) -> None:
