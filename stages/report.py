@@ -79,11 +79,10 @@ def _models(store: ArtifactStore, scoring: list[Artifact]) -> dict[tuple[str, st
     """Every model the artifacts scored, by (variant, identity), its scores from all of them."""
     models: dict[tuple[str, str], Model] = {}
     for artifact in scoring:
-        for index, (source, scores) in enumerate(scored_runs(artifact)):
+        for index, (source, scores, votes) in enumerate(scored_runs(artifact)):
             ldm = store.input_of(artifact, f"model_{index}", "ldm") if "model" in source else None
             key = ldm.manifest_sha256() if ldm is not None else source.get("sha256", f"{artifact.ref}#{index}")
             seed = ldm.manifest.get("seed") if ldm is not None else None
-            votes = source.get("factor_vae_votes")
             shared = shared_codes(votes) if votes else None
             add_scores(models, Model(key, variant_label(artifact, ldm), seed, ldm, scores, shared), artifact)
     return models

@@ -281,6 +281,22 @@ def test_no_sharing_table_without_factor_vae_votes(sweep):
     assert "share a unit" not in (Path(result.stdout.strip()) / "report.md").read_text()
 
 
+
+@pytest.mark.parametrize("votes, expected", [
+    ([90, 5], "AttributeError"),  # a list where {factor: votes per code} belongs
+    ({"hue": [90, "many"]}, "ValueError"),
+    ({"hue": [90, 5], "scale": [3]}, "one count per code"),
+])
+def test_malformed_factor_vae_votes_are_a_one_line_error(tmp_path, votes, expected):
+    root = tmp_path / "store"
+    model = make_ldm(root, "v-base", 1, "base", [{"step": 1, "loss": 1.0}], "none")
+    metrics = make_metrics(root, "v-base", [model], [0.1], votes=[votes])
+    result = report(root, "--metrics", "eval-metrics/v-base")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "expected the scores eval-metrics writes" in result.stderr and expected in result.stderr
+    assert str(metrics.path) in result.stderr
+
 # ---- the real eval-metrics and downstream-gbt formats -------------------------------------------
 
 def test_report_reads_what_eval_metrics_and_downstream_gbt_write(tmp_path):

@@ -69,26 +69,39 @@ def expand_refs(store: ArtifactStore, refs: tuple[str, ...]) -> list[str]:
     return found
 
 
-def scored_runs(artifact: Artifact) -> list[tuple[dict, dict[str, float]]]:
-    """(source, scores) of each representation a metrics or downstream artifact scored, in order;
-    the source is its entry in the artifact's json (``model`` ref or ``reps`` path, ``sha256``).
+def scored_runs(artifact: Artifact) -> list[tuple[dict, dict[str, float], dict[str, list[int]] | None]]:
+    """(source, scores, votes) of each representation a metrics or downstream artifact scored, in
+    order; the source is its entry in the artifact's json (``model`` ref or ``reps`` path, ``sha256``).
 
-    eval-metrics: every metric of ``metrics.json``'s runs, and DCI's test accuracy per factor as
-    ``dci_accuracy_<factor>`` (which factors a variant holds at all). downstream-gbt: the headline
-    scores (``acc_<largest size>``, ``ratio_<size>``) of each model, as its mean over evaluation seeds.
+    eval-metrics: every metric of ``metrics.json``'s runs, DCI's test accuracy per factor as
+    ``dci_accuracy_<factor>`` (which factors a variant holds at all), and FactorVAE's evaluation
+    votes ({factor: votes per code}; None when FactorVAE was not run). downstream-gbt: the headline
+    scores (``acc_<largest size>``, ``ratio_<size>``) of each model, as its mean over evaluation
+    seeds, and no votes. Everything is checked here, so a hand-edited file fails with one line.
     """
     try:
         if artifact.kind == "metrics":
             runs = json.loads(artifact.file("metrics.json").read_text())["runs"]
             return [(run, {**{k: float(v) for k, v in run["metrics"].items()},
                            **{FACTOR_ACCURACY + factor: float(v)
-                              for factor, v in run.get("dci_test_accuracy", {}).items()}}) for run in runs]
+                              for factor, v in run.get("dci_test_accuracy", {}).items()}},
+                     _votes(run.get("factor_vae_votes"))) for run in runs]
         headline = [key for key in artifact.results if key.startswith(("acc_", "ratio_"))]
         models = json.loads(artifact.file("downstream.json").read_text())["models"]
-        return [(model, {key: float(model["summary"][key]["mean"]) for key in headline}) for model in models]
-    except (KeyError, TypeError, ValueError) as err:
+        return [(model, {key: float(model["summary"][key]["mean"]) for key in headline}, None) for model in models]
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"expected the scores {artifact.stage} writes, found a file without them "
                         f"({err.__class__.__name__}: {err})", artifact.path) from None
+
+
+def _votes(found) -> dict[str, list[int]] | None:
+    """FactorVAE's votes as {factor: [count per code]}; a TypeError or ValueError when they are not."""
+    if found is None:
+        return None
+    votes = {str(factor): [int(count) for count in row] for factor, row in found.items()}
+    if len({len(row) for row in votes.values()}) > 1:
+        raise ValueError("factor_vae_votes: every factor needs one count per code")
+    return votes
 
 
 def variant_label(scoring: Artifact, model: Artifact | None) -> str:
