@@ -150,7 +150,7 @@ def _figures(store: ArtifactStore, models: list[Model], variants: list[str]) -> 
     """(variant, figure, viz artifact): per variant and figure, the newest one drawn from one of the
     variant's models, the lowest seed first."""
     drawn: dict[tuple[str, str], Artifact] = {}
-    for artifact in store.list():  # ordered by version, so the newest of each name wins
+    for artifact in sorted(store.list(), key=lambda a: a.manifest["created"]):  # so the newest wins, whatever its name
         if artifact.kind == "viz" and artifact.config.get("what") in FIGURES:
             for entry in artifact.inputs("model"):
                 drawn[(entry.get("manifest_sha256"), artifact.config["what"])] = artifact

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import itertools
 import json
 import math
@@ -141,8 +142,8 @@ def make_downstream(root: Path, name: str, models: list[Artifact], acc: list[flo
     return writer.artifact
 
 
-def make_figure(root: Path, model: Artifact, what: str) -> Artifact:
-    with ArtifactStore(root).create(stage="visualize", name=f"{model.name}-{what}", kind="viz",
+def make_figure(root: Path, model: Artifact, what: str, name: str | None = None) -> Artifact:
+    with ArtifactStore(root).create(stage="visualize", name=name or f"{model.name}-{what}", kind="viz",
                                     config={"what": what}, inputs={"model": model}) as writer:
         Image.new("RGB", (1500, 900), (200, 30, 30)).save(writer.dir / f"{what}.png")
     return writer.artifact
@@ -231,6 +232,20 @@ def test_html_is_self_contained(sweep):
     assert all(name == "src" and value.startswith("data:image/png;base64,") for name, value in links.sources)
     assert "link" not in links.tags and "script" not in links.tags and "url(" not in page
 
+
+def test_the_newest_figure_of_a_model_is_shown_whatever_its_name(sweep, monkeypatch):
+    """A model drawn twice (a workflow's figure, then one drawn by hand under another name, or the
+    reverse): the report shows the one drawn last, not the one whose name sorts last."""
+    model = ArtifactStore(sweep).load("train-ldm/study-baseline-s2")
+    for name, when in (("zz-by-hand", 1), ("aa-redrawn", 2)):
+        moment = datetime.datetime(2030, 1, 1, 0, 0, when, tzinfo=datetime.timezone.utc)
+        monkeypatch.setattr(datetime, "datetime", type("Clock", (datetime.datetime,), {"now": lambda *_: moment}))
+        make_figure(sweep, model, "interchange", name=name)
+        monkeypatch.undo()
+    result = report(sweep, "--metrics", "eval-metrics/study-*")
+    assert result.exit_code == 0, result.output
+    artifact = ArtifactStore(sweep).load(result.stdout.strip())
+    assert [e["ref"] for e in artifact.inputs("figure_0")] == ["visualize/aa-redrawn@v1"]
 
 def test_unpaired_seeds_give_an_interval_and_no_p_value(tmp_path):
     root = tmp_path / "store"
