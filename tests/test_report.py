@@ -247,6 +247,7 @@ def test_the_newest_figure_of_a_model_is_shown_whatever_its_name(sweep, monkeypa
     artifact = ArtifactStore(sweep).load(result.stdout.strip())
     assert [e["ref"] for e in artifact.inputs("figure_0")] == ["visualize/aa-redrawn@v1"]
 
+
 def test_unpaired_seeds_give_an_interval_and_no_p_value(tmp_path):
     root = tmp_path / "store"
     base = [make_ldm(root, "a", seed, None, [{"step": 1, "loss": 1.0}], "none") for seed in (1, 2)]
@@ -296,7 +297,6 @@ def test_no_sharing_table_without_factor_vae_votes(sweep):
     assert "share a unit" not in (Path(result.stdout.strip()) / "report.md").read_text()
 
 
-
 @pytest.mark.parametrize("votes, expected", [
     ([90, 5], "AttributeError"),  # a list where {factor: votes per code} belongs
     ({"hue": [90, "many"]}, "ValueError"),
@@ -311,6 +311,7 @@ def test_malformed_factor_vae_votes_are_a_one_line_error(tmp_path, votes, expect
     assert len(result.stderr.strip().splitlines()) == 1
     assert "expected the scores eval-metrics writes" in result.stderr and expected in result.stderr
     assert str(metrics.path) in result.stderr
+
 
 # ---- the real eval-metrics and downstream-gbt formats -------------------------------------------
 
