@@ -8,19 +8,24 @@
 #
 #   bash examples/ablation.sh shapes3d --set data_dir=/data      # the paper profile, one GPU
 #   PROFILE=smoke SEEDS=42,43 bash examples/ablation.sh synthetic # a CPU smoke version
+#   LABEL_SUFFIX=-u20 PROFILE=cpu-ablation bash examples/ablation.sh synthetic \
+#     --set train-ldm.feature_extractor.latent_units=20            # the same four on another recipe
 #
-# Further arguments go to `dydis run` (e.g. --set train-ldm.epochs=50). To report again, on other
-# inputs or with another baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
+# Further arguments go to `dydis run` (e.g. --set train-ldm.epochs=50). LABEL_SUFFIX is appended to
+# the four labels, so that a study on another recipe gets its own artifacts (baseline-u20, ...)
+# instead of new versions of the first study's. To report again, on other inputs or with another
+# baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
 set -euo pipefail
 DATASET=${1:-shapes3d}
 shift $(($# > 0))
 PROFILE=${PROFILE:-paper}
 SEEDS=${SEEDS:-42,43,44}
 WORKFLOW=${WORKFLOW:-"$(dirname "$0")/../workflow.yaml"}
+S=${LABEL_SUFFIX:-}
 # quantizer none is train-ldm's --no-dyga; unet.skip_dropout its --skip-dropout
 dydis run "$WORKFLOW" --profile "$PROFILE" --set dataset="$DATASET" --seeds "$SEEDS" \
-  --variant baseline:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0 \
-  --variant dyga:train-ldm.quantizer=dyga,train-ldm.unet.skip_dropout=0 \
-  --variant sd:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0.2 \
-  --variant dyga-sd:train-ldm.quantizer=dyga,train-ldm.unet.skip_dropout=0.2 \
+  --variant baseline$S:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0 \
+  --variant dyga$S:train-ldm.quantizer=dyga,train-ldm.unet.skip_dropout=0 \
+  --variant sd$S:train-ldm.quantizer=none,train-ldm.unet.skip_dropout=0.2 \
+  --variant dyga-sd$S:train-ldm.quantizer=dyga,train-ldm.unet.skip_dropout=0.2 \
   "$@"
