@@ -8,11 +8,11 @@
 #
 #   bash examples/ablation.sh shapes3d --set data_dir=/data      # the paper profile, one GPU
 #   PROFILE=smoke SEEDS=42,43 bash examples/ablation.sh synthetic # a CPU smoke version
-#   LABEL_SUFFIX=-u20 PROFILE=cpu-ablation bash examples/ablation.sh synthetic \
-#     --set train-ldm.feature_extractor.latent_units=20            # the same four on another recipe
+#   LABEL_SUFFIX=-long PROFILE=cpu-ablation bash examples/ablation.sh synthetic \
+#     --set train-ldm.epochs=80                                    # the same four on another recipe
 #
 # Further arguments go to `dydis run` (e.g. --set train-ldm.epochs=50). LABEL_SUFFIX is appended to
-# the four labels, so that a study on another recipe gets its own artifacts (baseline-u20, ...)
+# the four labels, so that a study on another recipe gets its own artifacts (baseline-long, ...)
 # instead of new versions of the first study's. To report again, on other inputs or with another
 # baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
 set -euo pipefail
