@@ -14,6 +14,7 @@ import torch
 
 from dydis.data.standard import DatasetFile
 from dydis.models.vqgan import VQGAN
+from dydis.training.conditioning import single_factor_partners
 
 vqgan_dir, data_path = sys.argv[1:3]
 with DatasetFile(data_path) as data:
@@ -26,13 +27,10 @@ with torch.no_grad():
     decoded = torch.cat([vqgan.decode(chunk) for chunk in latents.split(128)]).clamp(-1, 1)
 decoded = decoded.permute(0, 2, 3, 1).numpy()
 print(f"reconstruction mse {((decoded - images) ** 2).mean():.4f}; factor | pixel diff | reconstruction diff | ratio")
-row_of = {tuple(f): i for i, f in enumerate(factors)}
-rng = np.random.default_rng(0)
+a = np.random.RandomState(0).randint(len(factors), size=600)
+partners = single_factor_partners(factors, sizes, a, seed=0)  # the dataset is the full grid: no -1
 for j, name in enumerate(names):
-    a = rng.integers(len(factors), size=600)
-    others = factors[a].copy()
-    others[:, j] = (others[:, j] + rng.integers(1, sizes[j], size=600)) % sizes[j]
-    b = np.array([row_of[tuple(f)] for f in others])
+    b = partners[j]
     pixel = ((images[a] - images[b]) ** 2).mean()
     kept = ((decoded[a] - decoded[b]) ** 2).mean()
     print(f"{name:12s} | {pixel:.4f} | {kept:.4f} | {kept / pixel:.2f}")
