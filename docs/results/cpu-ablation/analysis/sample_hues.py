@@ -1,0 +1,53 @@
+"""Do a model's DDIM samples, conditioned on an image's own units, get the background hues right? For 128
+seeded images: DDIM (20 steps, eta 0, one seeded noise per image) with the artifact's U-Net (the EMA one) and
+with the live U-Net of the run's last checkpoint (the one the extractor was last trained with). A wall patch
+and a floor patch of each sample are classified by the nearest mean colour of that hue's value in the
+originals; the score is the share of samples whose class is the image's true wall or floor hue (the
+originals themselves score it as a check).
+
+    python sample_hues.py ART_ROOT RUN_ROOT LDM_NAME    # e.g. scratch/art scratch/runs ablation-synthetic-baseline-u20
+"""
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dydis.data.standard import DatasetFile
+from dydis.training.ldm import load_model
+from dydis.models.vqgan import VQGAN
+from dydis.viz.sampler import Sampler
+
+art, runs, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+trained = load_model(art / f"train-ldm/{name}/v1/model.pt")
+vqgan = VQGAN.from_file(art / "train-vqgan/ablation-synthetic/v1/model.pt").eval()
+with DatasetFile(art / "prepare-data/ablation-synthetic/v1/data.h5") as data:
+    images, factors, names = data.images[()], data.factors[()], list(data.factor_names)
+patches = {"wall_hue": (slice(2, 14), slice(2, 14)), "floor_hue": (slice(54, 62), slice(2, 20))}
+
+
+def colours(x, patch):
+    return x[:, patch[0], patch[1]].reshape(len(x), -1, 3).mean(1)
+
+
+def hue_accuracy(x, rows, factor):
+    j = names.index(factor)
+    centroids = np.stack([colours(images[factors[:, j] == v], patches[factor]).mean(0)
+                          for v in range(factors[:, j].max() + 1)])
+    guess = np.abs(colours(x, patches[factor])[:, None] - centroids[None]).sum(-1).argmin(1)
+    return (guess == factors[rows, j]).mean()
+
+
+rows = np.sort(np.random.RandomState(0).choice(len(images), 128, replace=False))
+live = copy.deepcopy(trained.model)
+state = torch.load(runs / f"train-ldm/{name}/checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+live.unet.load_state_dict({k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")})
+print(f"{name}: originals: wall {hue_accuracy(images[rows], rows, 'wall_hue'):.2f}, "
+      f"floor {hue_accuracy(images[rows], rows, 'floor_hue'):.2f}")
+for label, model in (("EMA U-Net", trained.model), ("live U-Net", live.eval())):
+    sampler = Sampler(model, vqgan, trained.scale_factor, steps=20)
+    samples = sampler.generate(sampler.units(images[rows]), sampler.noise(len(rows), 0))
+    mse = ((samples / 255.0 - images[rows] / 255.0) ** 2).mean()
+    print(f"{name}: {label}: wall {hue_accuracy(samples, rows, 'wall_hue'):.2f}, "
+          f"floor {hue_accuracy(samples, rows, 'floor_hue'):.2f}, pixel mse {mse:.4f}")
