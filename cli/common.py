@@ -158,7 +158,8 @@ def run_folder_help(stage: str) -> str:
     """The training commands' promises about their run folder, for their --help."""
     return (f"Run folder: RUNS/{stage}/NAME holds the checkpoint and logs, locked while a run uses it (a second "
             "run of the same folder stops at once). A folder that holds a checkpoint is never deleted implicitly: "
-            "--resume continues it, --restart deletes it and starts over, and with neither the command stops "
+            "--resume continues it (same config; a longer --max-steps / --epochs trains a finished run on to "
+            "that length), --restart deletes it and starts over, and with neither the command stops "
             "(exit 2). Ctrl-C saves a checkpoint and stops (exit 130); a NaN or infinite loss or weight stops and "
             "keeps the last finite checkpoint (exit 2). Exit codes: 0 done, 2 bad input or configuration, 1 "
             "internal failure, 130 interrupted.")

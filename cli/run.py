@@ -56,7 +56,8 @@ def run(
     """Run the stages of a workflow in order, each fed the artifacts of earlier ones.
 
     A stage whose resolved config and inputs match an existing artifact is skipped ("up to
-    date"); after a failure, running again resumes at the failed stage. --set takes
+    date"); after a failure, running again resumes at the failed stage, and a training stage
+    whose only change is a longer length trains its finished run on. --set takes
     `stage_id.key=value` for a stage's config and `key=value` for the file's vars. --sweep and
     --variant run the stages they change, and the stages after them, once per point. Prints
     the last stage's artifact path on stdout, the metrics and each stage's wall time on stderr.

@@ -41,7 +41,7 @@ from dydis.artifacts import Artifact, ArtifactStore
 from dydis.config import build_config, load_yaml, merge, parse_overrides, parse_value, to_dict
 from dydis.errors import ArtifactError, ConfigError
 from dydis.progress import Progress
-from dydis.training.runs import RunFolder
+from dydis.training.runs import LENGTH_KEYS, RunFolder, at_least_as_long, length_of
 
 log = logging.getLogger("dydis.workflow")
 
@@ -50,7 +50,7 @@ PROFILE_KEYS = ("description", "vars", "name", "stages", "datasets")
 OVERLAY_KEYS = ("vars", "name", "stages")
 STEP_KEYS = ("stage", "name", "inputs", "config", "seeded", "enabled")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-FINISHED = "finished"  # a training step's marker once its run published its artifact
+FINISHED = "finished"  # the marker of a training step's run that published its artifact, before markers were JSON
 
 
 @dataclass(frozen=True)
@@ -667,18 +667,22 @@ class _Job:
             self.name = step.name if seed == cfg.seed else f"{step.name}-s{seed}"
             cfg = dataclasses.replace(cfg, seed=seed)
         self.cfg = cfg
-        self.fingerprint = fingerprint(step.stage, {k: v for k, v in to_dict(cfg).items() if k not in step.inputs},
-                                       {key: [a.manifest_sha256() for a in found] for key, found in inputs.items()})
+        config = {k: v for k, v in to_dict(cfg).items() if k not in step.inputs}
+        hashes = {key: [a.manifest_sha256() for a in found] for key, found in inputs.items()}
+        self.fingerprint = fingerprint(step.stage, config, hashes)
+        # the same run but for its length: a checkpoint of it that is not longer continues into this one
+        self.base = fingerprint(step.stage, {k: v for k, v in config.items() if k not in LENGTH_KEYS}, hashes)
 
     def run(self, root: str | Path | None, runs_dir: Path, progress: Progress | None) -> Artifact:
         """Run the stage into a store that stamps the fingerprint on what it publishes.
 
         A training stage's run folder follows the rule of every run folder (a checkpoint is
         continued or deleted only when asked, ``dydis.training.runs``); the runner asks for its
-        own runs only, which a marker in ``runs/.workflow`` records: the fingerprint of the
-        attempt in progress, "finished" once it published. It resumes the checkpoint of an
-        unfinished attempt at this very fingerprint, restarts one that another config left or that
-        finished (it is stale), and refuses to touch a checkpoint it did not make.
+        own runs only, which a marker in ``runs/.workflow`` records (``RunMarker``). It resumes the
+        checkpoint of an unfinished attempt at this very fingerprint, and one of the same run but
+        for a length no longer than this one's (finished or not: a study trained on for longer
+        continues its runs), restarts one that another config left, and refuses to touch a
+        checkpoint it did not make.
         """
         stamp = {"fingerprint": self.fingerprint, "file": self.workflow.path.name, "profile": self.workflow.profile,
                  "step": self.step.id}
@@ -690,8 +694,9 @@ class _Job:
             return self.spec.run(self.cfg, store, name=self.name, progress=progress)
         folder = RunFolder(runs_dir, self.step.stage, self.name)
         marker = runs_dir / ".workflow" / self.step.stage / f"{self.name}.fingerprint"
-        made_by = marker.read_text() if marker.is_file() else None
-        resume = folder.has_checkpoint() and made_by == self.fingerprint
+        made_by = RunMarker.read(marker)
+        length = length_of(to_dict(self.cfg))
+        resume = folder.has_checkpoint() and made_by is not None and made_by.continues_into(self, length)
         restart = folder.has_checkpoint() and not resume
         if restart and made_by is None:
             raise ConfigError(f"this run folder holds a checkpoint that `dydis run` did not make; continue it with "
@@ -699,10 +704,50 @@ class _Job:
                               folder.path)
         if restart:
             log.info("%s: starting %s over (its checkpoint is from %s)", self.step.id, folder.path,
-                     "a finished run" if made_by == FINISHED else "another config")
+                     "a finished run" if made_by.finished else "another config")
+        elif resume and made_by.fingerprint != self.fingerprint:
+            log.info("%s: continuing %s from its checkpoint (the same run, to %s)", self.step.id, folder.path,
+                     ", ".join(f"{k} {v}" for k, v in length.items() if v is not None))
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(self.fingerprint)
+        mark = RunMarker(self.fingerprint, self.base, length, finished=False)
+        mark.write(marker)
         artifact = self.spec.run(self.cfg, store, name=self.name, runs_dir=runs_dir, resume=resume, restart=restart,
                                  progress=progress)
-        marker.write_text(FINISHED)
+        dataclasses.replace(mark, finished=True).write(marker)
         return artifact
+
+
+@dataclass(frozen=True)
+class RunMarker:
+    """``runs/.workflow/<stage>/<name>.fingerprint``: which run of a training step the runner
+    started in that run folder, and whether it published. JSON; a marker written before that
+    (the bare fingerprint, or "finished") reads with the fields it did not record as None."""
+
+    fingerprint: str | None  # the step's fingerprint (``_Job.fingerprint``)
+    base: str | None  # the same without the length keys (``_Job.base``)
+    length: dict[str, Any] | None  # the config's LENGTH_KEYS
+    finished: bool
+
+    @classmethod
+    def read(cls, path: Path) -> "RunMarker | None":
+        if not path.is_file():
+            return None
+        text = path.read_text().strip()
+        if not text.startswith("{"):
+            return cls(None if text == FINISHED else text, None, None, text == FINISHED)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None  # unreadable: as if the runner had not made the checkpoint, which it then leaves alone
+        if not isinstance(data, dict):
+            return None
+        return cls(data.get("fingerprint"), data.get("base"), data.get("length"), bool(data.get("finished")))
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), sort_keys=True))
+
+    def continues_into(self, job: "_Job", length: dict[str, Any]) -> bool:
+        """Whether this marker's checkpoint is a prefix of ``job``'s run of ``length``."""
+        unfinished_attempt = self.fingerprint == job.fingerprint and not self.finished
+        shorter_run = self.base == job.base and self.length is not None and at_least_as_long(length, self.length)
+        return unfinished_attempt or shorter_run

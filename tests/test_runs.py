@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dydis.errors import ConfigError
-from dydis.training.runs import LOCK, RunFolder
+from dydis.training.runs import LOCK, RunFolder, at_least_as_long
 
 CONFIG = {"lr": 1e-4, "sizes": [1, 2]}
 
@@ -70,12 +70,39 @@ def test_resume_needs_a_checkpoint_of_the_same_config(tmp_path):
             pass
     assert not fresh.path.exists()
     folder = _run_with_checkpoint(tmp_path)
-    with pytest.raises(ConfigError, match="started with a different config; .* --restart"):
-        with folder.claim(resume=True, restart=False, config={**CONFIG, "lr": 2e-4}):
+    with pytest.raises(ConfigError) as caught:
+        with folder.claim(resume=True, restart=False, config={**CONFIG, "lr": 2e-4, "sizes": [1, 3]}):
             pass
+    assert str(caught.value) == (f"{folder.path}: --resume: this run was started with a different config (lr, sizes); "
+                                 "resume with the same settings (only epochs / max_steps may change, to train it to "
+                                 "another length), or start over with --restart")
     with folder.claim(resume=True, restart=False, config=CONFIG):
         folder.start(resume=True)
     assert (folder.path / "train_log.csv").is_file() and folder.has_checkpoint()
+
+
+def test_resume_accepts_another_length_and_names_nested_changes(tmp_path):
+    config = {**CONFIG, "epochs": 40.0, "max_steps": None, "unet": {"dropout": 0.1}}
+    folder = _run_with_checkpoint(tmp_path, config=config)
+    with folder.claim(resume=True, restart=False, config={**config, "epochs": 80.0}):
+        folder.start(resume=True)
+    with folder.claim(resume=True, restart=False, config={**config, "epochs": None, "max_steps": 9}):
+        pass
+    with pytest.raises(ConfigError, match=r"a different config \(unet.dropout\)"):
+        with folder.claim(resume=True, restart=False, config={**config, "epochs": 80.0, "unet": {"dropout": 0.0}}):
+            pass
+
+
+@pytest.mark.parametrize(("new", "old", "expected"), [
+    ({"epochs": 80, "max_steps": None}, {"epochs": 40, "max_steps": None}, True),
+    ({"epochs": 40, "max_steps": None}, {"epochs": 40, "max_steps": None}, True),
+    ({"epochs": 20, "max_steps": None}, {"epochs": 40, "max_steps": None}, False),
+    ({"epochs": None, "max_steps": 8}, {"epochs": 80, "max_steps": 6}, True),  # max_steps wins over epochs
+    ({"epochs": 90, "max_steps": 5}, {"epochs": 10, "max_steps": 6}, False),
+    ({"epochs": 80, "max_steps": None}, {"epochs": None, "max_steps": 6}, False),  # epochs vs steps: unknown
+])
+def test_at_least_as_long_compares_lengths_in_one_unit(new, old, expected):
+    assert at_least_as_long(new, old) is expected
 
 
 def test_restart_deletes_only_at_start(tmp_path):
@@ -152,13 +179,13 @@ def test_a_checkpoint_counts_the_training_time_of_every_session(tmp_path, monkey
     now[0] = 190.0  # interrupted 60 s after the save
     resumed = Checkpoint(path, writes=True, lr_key="lr")
     now[0] = 500.0
-    assert resumed.load()[ELAPSED] == 30.0
+    assert resumed.load(steps=10)[ELAPSED] == 30.0
     now[0] = 520.0
     resumed.save(5, {}, config={})
     assert load_checkpoint(path)[ELAPSED] == 50.0
     save_checkpoint(path, {"step": 5, "config": {}})  # written by a version that did not count
     older = Checkpoint(path, writes=True, lr_key="lr")
-    older.load()
+    older.load(steps=10)
     now[0] = 600.0
     older.save(6, {}, config={})
     assert load_checkpoint(path)[ELAPSED] is None and load_checkpoint(path)["step"] == 6

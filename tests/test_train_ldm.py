@@ -127,10 +127,19 @@ def test_a_tiny_model_lowers_its_loss(tmp_path):
 
 
 def test_resume_equals_uninterrupted_training(tmp_path):
-    """Stopping at step 5 (after a DyGA round at step 4) and resuming gives the same weights."""
+    """A finished 5-step run (after a DyGA round at step 4) trained on to 7 steps gives the 7-step
+    run's weights: what `--resume` with a longer length relies on. A length shorter than the
+    checkpoint's step is refused without touching the run."""
     data = _data(32)
     straight = training.fit(CPU, _config(max_steps=7), *data, tmp_path / "straight", resume=False)
     training.fit(CPU, _config(max_steps=5), *data, tmp_path / "split", resume=False)
+    checkpoint = tmp_path / "split" / training.CHECKPOINT
+    before = checkpoint.read_bytes()
+    with pytest.raises(ConfigError) as caught:
+        training.fit(CPU, _config(max_steps=4), *data, tmp_path / "split", resume=True)
+    assert str(caught.value) == (f"{checkpoint}: --resume: the checkpoint is at step 5, past the 4 steps this run "
+                                 "trains; give a length of at least 5 steps, or start over with --restart")
+    assert checkpoint.read_bytes() == before
     resumed = training.fit(CPU, _config(max_steps=7), *data, tmp_path / "split", resume=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

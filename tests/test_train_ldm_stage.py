@@ -18,6 +18,7 @@ from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
 from dydis.errors import TrainingInterrupted
 from dydis.training.checkpoint import load_checkpoint
+from dydis.training.csvlog import read_rows
 from dydis.training.ldm import load_model
 from dydis.training.runs import RunFolder
 
@@ -105,13 +106,23 @@ def test_train_ldm_bad_configuration_is_one_line(store, tmp_path, flags, message
     assert message in result.stderr and len(without_progress(result.stderr)) == 1
 
 
-def test_train_ldm_resume_must_keep_the_config(store, tmp_path):
+def test_train_ldm_resume_must_keep_the_config_but_may_train_on(store, tmp_path):
     first = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "2", "--root",
                                 str(store), "--runs", str(tmp_path)])
     assert first.exit_code == 0, first.output
     changed = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "2", "--lambda", "0.2",
                                   "--resume", "--root", str(store), "--runs", str(tmp_path)])
-    assert changed.exit_code == 2 and "started with a different config" in changed.stderr
+    assert changed.exit_code == 2 and "started with a different config (dyga.lam)" in changed.stderr
+    shorter = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "1", "--resume",
+                                  "--root", str(store), "--runs", str(tmp_path)])
+    assert shorter.exit_code == 2 and "the checkpoint is at step 2, past the 1 steps" in shorter.stderr
+    longer = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "3", "--resume",
+                                 "--root", str(store), "--runs", str(tmp_path)])
+    assert longer.exit_code == 0, longer.output
+    trained_on = ArtifactStore(store).load(longer.stdout.strip())
+    assert trained_on.version == ArtifactStore(store).load(first.stdout.strip()).version + 1
+    assert trained_on.results["steps"] == 3 and trained_on.config["max_steps"] == 3
+    assert [row["step"] for row in read_rows(tmp_path / "train-ldm" / "other" / "train_log.csv")] == ["2", "3"]
 
 
 @pytest.fixture(scope="module")

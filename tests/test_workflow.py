@@ -21,7 +21,7 @@ from dydis.stages import workflow as stage_table
 from dydis.stages.workflow import STAGES
 from dydis.training.checkpoint import load_checkpoint
 from dydis.training.runs import RunFolder
-from dydis.workflow import PACKAGED, Point, StageSpec, execute, load_workflow, sweep_points
+from dydis.workflow import PACKAGED, Point, RunMarker, StageSpec, execute, load_workflow, sweep_points
 
 runner = CliRunner()
 SHIPPED = Path(__file__).resolve().parent.parent / "workflow.yaml"
@@ -283,7 +283,9 @@ def test_from_reruns_that_stage_and_until_stops(copy_of):
 @pytest.mark.usefixtures("one_thread")
 def test_a_failed_training_stage_resumes_from_its_checkpoint(copy_of, monkeypatch):
     """The real train-ldm stage fails after its last checkpoint (here: drawing the samples); the
-    next `dydis run` resumes that run folder instead of training again or refusing to touch it."""
+    next `dydis run` resumes that run folder instead of training again or refusing to touch it.
+    A longer run of the same config trains on from the finished shorter run's checkpoint; a
+    shorter one starts over."""
     from dydis.stages import train_ldm
     from dydis.training import ldm as training
 
@@ -305,8 +307,13 @@ def test_a_failed_training_stage_resumes_from_its_checkpoint(copy_of, monkeypatc
     monkeypatch.setattr(train_ldm, "_sample_sheet", lambda *args: Image.new("RGB", (8, 8)).save(args[-1]))  # its out
     fixed = invoke(workflow, root, "--set", "ldm.max_steps=3")
     assert fixed.exit_code == 0, fixed.output
-    assert fits == [False, True]  # started over (the finished 2-step run was stale), then resumed at step 3
+    assert fits == [True, True]  # trained on from the finished 2-step run, then resumed at step 3
     assert ArtifactStore(root).load("train-ldm/tiny").results["steps"] == 3
+    assert "ldm: continuing" in failed.stderr and "(the same run, to max_steps 3)" in failed.stderr
+    shorter = invoke(workflow, root, "--set", "ldm.max_steps=1")
+    assert shorter.exit_code == 0, shorter.output
+    assert fits == [True, True, False] and "ldm: starting" in shorter.stderr
+    assert ArtifactStore(root).load("train-ldm/tiny").results["steps"] == 1
 
 
 def test_from_needs_the_earlier_stages_up_to_date(copy_of):
@@ -691,3 +698,17 @@ def test_variants_of_the_real_train_ldm_keys_share_the_vqgan_and_end_in_one_repo
     assert result.stdout.strip() == str(report.path)
     assert report.config["metrics"] == ["eval-metrics/tiny-baseline@v1", "eval-metrics/tiny-dyga-sd@v1"]
     assert report.results["variants"] == ["baseline", "dyga-sd"] and report.results["baseline"] == "baseline"
+
+
+def test_run_markers_read_their_json_and_the_bare_markers_written_before_it(tmp_path):
+    path = tmp_path / "toy.fingerprint"
+    assert RunMarker.read(path) is None
+    mark = RunMarker("f" * 64, "b" * 64, {"epochs": 40.0, "max_steps": None}, finished=True)
+    mark.write(path)
+    assert RunMarker.read(path) == mark
+    path.write_text("finished")
+    assert RunMarker.read(path) == RunMarker(None, None, None, finished=True)
+    path.write_text("a" * 64)
+    assert RunMarker.read(path) == RunMarker("a" * 64, None, None, finished=False)
+    path.write_text('{"fingerprint": ')  # cut short: read as no marker, so the runner leaves the checkpoint alone
+    assert RunMarker.read(path) is None

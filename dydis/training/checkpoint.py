@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from dydis.errors import TrainingDiverged, TrainingInterrupted
+from dydis.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from dydis.torchfile import load_torch_file, require_keys
 
 ELAPSED = "elapsed_seconds"  # the training wall time a checkpoint's state took, over all sessions
@@ -94,9 +94,15 @@ class Checkpoint:
         self.step: int | None = None
         self._started, self._before = time.perf_counter(), 0.0
 
-    def load(self) -> dict[str, Any]:
+    def load(self, steps: int) -> dict[str, Any]:
+        """The state to resume a run of ``steps`` steps from; a checkpoint past them is a ``ConfigError``
+        (a resume may lengthen a run, ``dydis.training.runs``, but not undo steps)."""
         state = load_checkpoint(self.path)
         self.step = int(state["step"])
+        if self.step > steps:
+            raise ConfigError(f"--resume: the checkpoint is at step {self.step}, past the {steps} steps this run "
+                              f"trains; give a length of at least {self.step} steps, or start over with --restart",
+                              self.path)
         self._started, self._before = time.perf_counter(), state.get(ELAPSED)
         return state
 

@@ -218,7 +218,7 @@ def fit(ctx: Context, cfg: TrainLDMConfig, images: Tensor, latents: Tensor, trai
     step, anchors, rounds = 0, None, 0
     checkpoint = Checkpoint(run_dir / CHECKPOINT, writes=ctx.is_main, lr_key="lr")
     if resume:
-        state = checkpoint.load()
+        state = checkpoint.load(steps)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])

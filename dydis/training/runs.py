@@ -8,6 +8,11 @@ What a run folder guarantees:
   (``resume``) or deleted and started over (``restart``); with neither, the stage stops and
   touches nothing, and ``resume`` without a checkpoint is an error too. ``restart`` deletes
   only when the stage calls ``start``, after all of its validations passed.
+- ``resume`` continues the run it checkpointed: the config must be the same, except for the
+  length (``LENGTH_KEYS``), which may change so that a finished run can be trained on. That
+  gives the longer run exactly: everything random in a step is seeded by the step and the
+  learning rate does not depend on the length (the loops refuse a length shorter than the
+  checkpoint's step).
 - One process at a time: the run holds an exclusive lock (``flock`` on ``.lock`` in the
   folder) from ``claim`` to the end, and a second run of the folder stops at once.
 
@@ -28,6 +33,33 @@ from dydis.errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
+LENGTH_KEYS = ("epochs", "max_steps")  # the training stages' length; the one change a resume accepts
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs as plain dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_keys(a, b, f"{prefix}{key}.")
+        elif key not in old or key not in new or a != b:
+            changed.append(prefix + key)
+    return changed
+
+
+def length_of(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: config.get(key) for key in LENGTH_KEYS}
+
+
+def at_least_as_long(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether the length ``new`` (``length_of``) trains at least as far as ``old``, judged
+    without the dataset: both in steps, or both in epochs (max_steps, which wins, unset)."""
+    if new["max_steps"] is not None and old["max_steps"] is not None:
+        return new["max_steps"] >= old["max_steps"]
+    if new["max_steps"] is None and old["max_steps"] is None:
+        return new["epochs"] is not None and old["epochs"] is not None and new["epochs"] >= old["epochs"]
+    return False
 
 
 class RunFolder:
@@ -111,9 +143,13 @@ class RunFolder:
     def _check_config(self, config: dict[str, Any]) -> None:
         from dydis.training.checkpoint import load_checkpoint  # deferred: imports torch
 
-        if load_checkpoint(self.checkpoint, mmap=True)["config"] != config:
-            raise ConfigError("--resume: this run was started with a different config; resume with the same "
-                              "settings, or start over with --restart", self.path)
+        changed = [key for key in changed_keys(load_checkpoint(self.checkpoint, mmap=True)["config"], config)
+                   if key not in LENGTH_KEYS]
+        if changed:
+            shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+            raise ConfigError(f"--resume: this run was started with a different config ({shown}); resume with the "
+                              f"same settings (only {' / '.join(LENGTH_KEYS)} may change, to train it to another "
+                              "length), or start over with --restart", self.path)
 
     def _lock(self, flags: int) -> int:
         """An open descriptor of the lock file holding its exclusive lock, or a ``ConfigError``."""

@@ -114,7 +114,7 @@ def fit(ctx: Context, cfg: TrainVQGANConfig, images: torch.Tensor, train_rows: t
     step = 0
     checkpoint = Checkpoint(run_dir / CHECKPOINT, writes=ctx.is_main, lr_key="base_lr")
     if resume:
-        state = checkpoint.load()
+        state = checkpoint.load(steps)
         model.load_state_dict(state["model"])
         discriminator.load_state_dict(state["discriminator"])
         opt_ae.load_state_dict(state["opt_ae"])
