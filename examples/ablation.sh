@@ -13,8 +13,10 @@
 #
 # Further arguments go to `dydis run` (e.g. --set train-ldm.epochs=50). LABEL_SUFFIX is appended to
 # the four labels, so that a study on another recipe gets its own artifacts (baseline-long, ...)
-# instead of new versions of the first study's. To report again, on other inputs or with another
-# baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
+# instead of new versions of the first study's. A study run again with the same labels and only a
+# longer length (--set train-ldm.epochs=80) trains its finished models on from their checkpoints
+# instead (each gives exactly the longer run) and reports the new versions. To report again, on
+# other inputs or with another baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
 set -euo pipefail
 DATASET=${1:-shapes3d}
 shift $(($# > 0))
