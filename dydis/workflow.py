@@ -672,6 +672,7 @@ class _Job:
         self.fingerprint = fingerprint(step.stage, config, hashes)
         # the same run but for its length: a checkpoint of it that is not longer continues into this one
         self.base = fingerprint(step.stage, {k: v for k, v in config.items() if k not in LENGTH_KEYS}, hashes)
+        self.length = length_of(config)
 
     def run(self, root: str | Path | None, runs_dir: Path, progress: Progress | None) -> Artifact:
         """Run the stage into a store that stamps the fingerprint on what it publishes.
@@ -695,8 +696,7 @@ class _Job:
         folder = RunFolder(runs_dir, self.step.stage, self.name)
         marker = runs_dir / ".workflow" / self.step.stage / f"{self.name}.fingerprint"
         made_by = RunMarker.read(marker)
-        length = length_of(to_dict(self.cfg))
-        resume = folder.has_checkpoint() and made_by is not None and made_by.continues_into(self, length)
+        resume = folder.has_checkpoint() and made_by is not None and made_by.continues_into(self)
         restart = folder.has_checkpoint() and not resume
         if restart and made_by is None:
             raise ConfigError(f"this run folder holds a checkpoint that `dydis run` did not make; continue it with "
@@ -707,9 +707,9 @@ class _Job:
                      "a finished run" if made_by.finished else "another config")
         elif resume and made_by.fingerprint != self.fingerprint:
             log.info("%s: continuing %s from its checkpoint (the same run, to %s)", self.step.id, folder.path,
-                     ", ".join(f"{k} {v}" for k, v in length.items() if v is not None))
+                     ", ".join(f"{k} {v}" for k, v in self.length.items() if v is not None))
         marker.parent.mkdir(parents=True, exist_ok=True)
-        mark = RunMarker(self.fingerprint, self.base, length, finished=False)
+        mark = RunMarker(self.fingerprint, self.base, self.length, finished=False)
         mark.write(marker)
         artifact = self.spec.run(self.cfg, store, name=self.name, runs_dir=runs_dir, resume=resume, restart=restart,
                                  progress=progress)
@@ -746,8 +746,8 @@ class RunMarker:
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), sort_keys=True))
 
-    def continues_into(self, job: "_Job", length: dict[str, Any]) -> bool:
-        """Whether this marker's checkpoint is a prefix of ``job``'s run of ``length``."""
+    def continues_into(self, job: "_Job") -> bool:
+        """Whether this marker's checkpoint is a prefix of ``job``'s run."""
         unfinished_attempt = self.fingerprint == job.fingerprint and not self.finished
-        shorter_run = self.base == job.base and self.length is not None and at_least_as_long(length, self.length)
+        shorter_run = self.base == job.base and self.length is not None and at_least_as_long(job.length, self.length)
         return unfinished_attempt or shorter_run
