@@ -139,6 +139,38 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def neutral_values(cls: type, prefix: str = "") -> dict[str, Any]:
+    """The dotted keys of ``cls`` (nested configs included) added after runs were first made,
+    each with the value that does what a config without the key did (a class's ``added_keys``)."""
+    found = {prefix + key: value for key, value in getattr(cls, "added_keys", {}).items()}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            found.update(neutral_values(hints[f.name], f"{prefix}{f.name}."))
+    return found
+
+
+def without_neutral(data: dict[str, Any], neutral: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``data`` (a config as plain data) without the added keys that hold their neutral value.
+
+    What identifies a run (the workflow's fingerprints, whether a checkpoint may be resumed)
+    compares configs in this form, so that a release that adds a key keeps every cached
+    artifact up to date and every checkpoint resumable while the key is left at that value.
+    """
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out[key] = without_neutral(value, neutral, f"{prefix}{key}.")
+        elif not (prefix + key in neutral and value == neutral[prefix + key]):
+            out[key] = value
+    return out
+
+
+def comparable(config: Any) -> dict[str, Any]:
+    """``to_dict(config)`` in the form that identifies a run (``without_neutral``)."""
+    return without_neutral(to_dict(config), neutral_values(type(config)))
+
+
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -159,8 +191,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
+        named = any(typing.get_origin(arg) is Literal and value in typing.get_args(arg) for arg in args)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and not named):
+            if type(None) in args:  # a choice spelled "none" (dyga.merge) stays that choice
                 return None
         for arg in args:
             if arg is type(None):
@@ -333,7 +366,14 @@ class DyGARunConfig:
     n_init: int = 8
     max_components: int = 32
     max_iter: int = 30
+    # Algorithm 2's split threshold on a cluster's density (eq. 5), in the [-1, 0]-scaled features
+    psi: float = 0.5
+    # "valley": settle the anchors on the modes of each unit's features; "none": Algorithm 2 alone
+    # (more anchors); None: the mode's (paper: valley, official: none). See dydis/dyga/anchors.py.
+    merge: Literal["valley", "none"] | None = None
     feature_batch: int = 1024  # images per feature-extractor pass while collecting a round's features
+
+    added_keys = {"psi": 0.5, "merge": None}  # added after the first studies; these values change nothing
 
     def __post_init__(self) -> None:
         if self.every is not None and self.every < 1:
@@ -345,6 +385,8 @@ class DyGARunConfig:
             raise ConfigError(f"config key dyga.lam: expected a factor in [0, 1], found {self.lam}")
         if self.tau <= 0:
             raise ConfigError(f"config key dyga.tau: expected a positive temperature, found {self.tau}")
+        if self.psi < 0:
+            raise ConfigError(f"config key dyga.psi: expected a density threshold >= 0, found {self.psi}")
 
 
 # Paper defaults that differ per dataset (section 4.1, appendix C): Cars3D refits anchors every

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Mapping
 
 from dydis.artifacts import Artifact, ArtifactStore
-from dydis.config import build_config, load_yaml, merge, parse_overrides, parse_value, to_dict
+from dydis.config import build_config, comparable, load_yaml, merge, parse_overrides, parse_value, to_dict
 from dydis.errors import ArtifactError, ConfigError
 from dydis.progress import Progress
 from dydis.training.runs import LENGTH_KEYS, RunFolder, at_least_as_long, length_of
@@ -667,7 +667,8 @@ class _Job:
             self.name = step.name if seed == cfg.seed else f"{step.name}-s{seed}"
             cfg = dataclasses.replace(cfg, seed=seed)
         self.cfg = cfg
-        config = {k: v for k, v in to_dict(cfg).items() if k not in step.inputs}
+        # keys a later release added, at their neutral value, leave the fingerprint as it was
+        config = {k: v for k, v in comparable(cfg).items() if k not in step.inputs}
         hashes = {key: [a.manifest_sha256() for a in found] for key, found in inputs.items()}
         self.fingerprint = fingerprint(step.stage, config, hashes)
         # the same run but for its length: a checkpoint of it that is not longer continues into this one

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from dydis.artifacts import Artifact, ArtifactStore
-from dydis.config import TrainLDMConfig, to_dict
+from dydis.config import TrainLDMConfig, neutral_values, to_dict
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
 from dydis.distributed import launch, pick_device, publishes_results
@@ -66,7 +66,8 @@ def run(cfg: TrainLDMConfig, store: ArtifactStore, *, name: str | None = None, r
     cfg, data_artifact, vqgan_artifact = resolve_inputs(cfg, store)
     folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
     owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
-    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
+    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner,
+                      neutral=neutral_values(type(cfg))):
         return _train(cfg, store, folder, data_artifact, vqgan_artifact, resume, owner, progress or SilentProgress(),
                       board)
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dydis.artifacts import Artifact, ArtifactStore
-from dydis.config import TrainVQGANConfig, to_dict
+from dydis.config import TrainVQGANConfig, neutral_values, to_dict
 from dydis.data.preview import save_grid
 from dydis.data.standard import DatasetFile
 from dydis.distributed import launch, pick_device, publishes_results
@@ -47,7 +47,8 @@ def run(cfg: TrainVQGANConfig, store: ArtifactStore, *, name: str | None = None,
     data_artifact = store.load(cfg.data, kind="dataset")
     folder = RunFolder(runs_dir, STAGE, name or data_artifact.name)
     owner = publishes_results()  # under torchrun, rank 0 holds the (shared) run folder
-    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner):
+    with folder.claim(resume=resume, restart=restart, config=to_dict(cfg), owner=owner,
+                      neutral=neutral_values(type(cfg))):
         return _train(cfg, store, folder, data_artifact, resume, owner, progress or SilentProgress(), board)
 
 

@@ -5,7 +5,8 @@ from typing import Literal
 
 import pytest
 
-from dydis.config import PrepareDataConfig, build_config, parse_overrides, to_dict
+from dydis.config import (PrepareDataConfig, TrainLDMConfig, build_config, comparable, neutral_values, parse_overrides,
+                          to_dict, without_neutral)
 from dydis.errors import ConfigError
 
 
@@ -155,3 +156,20 @@ def test_the_tree_backend_has_one_name_and_the_old_one_still_works_with_a_warnin
         f"config key {old} is renamed gbt_backend; the old name goes in the next release"]
     with pytest.raises(ConfigError, match=f"config keys {old} and gbt_backend: one setting under two names"):
         config.build_config(getattr(config, cls), flags=sources, overrides=[f"{old}=sklearn", "gbt_backend=fast"])
+
+
+def test_keys_added_since_the_first_runs_are_left_out_of_a_config_while_neutral():
+    assert neutral_values(TrainLDMConfig) == {"dyga.psi": 0.5, "dyga.merge": None}
+    default = TrainLDMConfig(dataset="synthetic", epochs=1)
+    before_the_keys = to_dict(default)
+    before_the_keys["dyga"] = {k: v for k, v in before_the_keys["dyga"].items() if k not in ("psi", "merge")}
+    assert comparable(default) == before_the_keys  # what an older release's run recorded
+    assert without_neutral(before_the_keys, neutral_values(TrainLDMConfig)) == before_the_keys
+    assert to_dict(default)["dyga"]["psi"] == 0.5  # the artifact and the checkpoint still record every key
+    set_ = build_config(TrainLDMConfig, flags={"dataset": "synthetic", "epochs": 1},
+                        overrides=["dyga.merge=none", "dyga.psi=0.25"])
+    assert comparable(set_)["dyga"]["merge"] == "none" and comparable(set_)["dyga"]["psi"] == 0.25
+    null = build_config(TrainLDMConfig, flags={"dataset": "synthetic", "epochs": 1}, overrides=["dyga.merge=null"])
+    assert null.dyga.merge is None  # a choice spelled "none" is that choice; null is the mode's
+    with pytest.raises(ConfigError, match="config key dyga.psi: expected a density threshold >= 0, found -1"):
+        build_config(TrainLDMConfig, flags={"dataset": "synthetic", "epochs": 1}, overrides=["dyga.psi=-1"])

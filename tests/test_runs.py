@@ -93,6 +93,22 @@ def test_resume_accepts_another_length_and_names_nested_changes(tmp_path):
             pass
 
 
+def test_resume_accepts_a_key_added_since_the_checkpoint_while_it_is_neutral(tmp_path):
+    old = {**CONFIG, "dyga": {"lam": 0.1}}  # made before dyga.merge existed
+    folder = _run_with_checkpoint(tmp_path, config=old)
+    neutral = {"dyga.merge": None}
+    with folder.claim(resume=True, restart=False, config={**CONFIG, "dyga": {"lam": 0.1, "merge": None}},
+                      neutral=neutral):
+        folder.start(resume=True)
+    with pytest.raises(ConfigError, match=r"a different config \(dyga.merge\)"):
+        with folder.claim(resume=True, restart=False, config={**CONFIG, "dyga": {"lam": 0.1, "merge": "none"}},
+                          neutral=neutral):
+            pass
+    with pytest.raises(ConfigError, match=r"a different config \(dyga.merge\)"):  # only a neutral value is absent
+        with folder.claim(resume=True, restart=False, config={**CONFIG, "dyga": {"lam": 0.1, "merge": None}}):
+            pass
+
+
 @pytest.mark.parametrize(("new", "old", "expected"), [
     ({"epochs": 80, "max_steps": None}, {"epochs": 40, "max_steps": None}, True),
     ({"epochs": 40, "max_steps": None}, {"epochs": 40, "max_steps": None}, True),

@@ -103,6 +103,14 @@ def test_delta_grad_is_a_dyga_config_key():
         _config(set={"dyga.delta_grad": "through"})
 
 
+def test_psi_and_merge_set_how_each_round_fits_its_anchors(tmp_path):
+    cfg = _config(set={"dyga.psi": 0.3, "dyga.merge": "none"})
+    training.fit(CPU, cfg, *_data(32), tmp_path, resume=False)  # one round, after the first epoch
+    anchors = training.Anchors.from_state_dict(load_checkpoint(tmp_path / training.CHECKPOINT)["anchors"])
+    assert [(dyga.psi, dyga.merge) for _, dyga in anchors.groups] == [(0.3, "none")]
+    assert _config().dyga.merge is None and _config().dyga.psi == 0.5  # the mode's merge, the paper's psi
+
+
 def test_anchor_groups_align_each_unit_with_its_own_mixture():
     """Units fitted in groups (as several processes do) come back in unit order."""
     from dydis.dyga import DyGA

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from conftest import artifact_dirs
 from dydis.artifacts import ArtifactStore
 from dydis.cli.main import app
-from dydis.config import to_dict
+from dydis.config import neutral_values, to_dict
 from dydis.errors import ConfigError, DataError
 from dydis.stages import workflow as stage_table
 from dydis.stages.workflow import STAGES
@@ -345,12 +345,13 @@ class FakeStages:
         self.broken: set[str] = set()
 
     def spec(self, stage: str, kind: str, inputs: dict[str, str] | None = None, trains: bool = False,
-             compares_points: bool = False) -> StageSpec:
+             compares_points: bool = False, config: type = FakeConfig) -> StageSpec:
         def run(cfg, store, *, name, progress=None, runs_dir=None, resume=None, restart=None):
             self.calls.append((stage, name, resume) if restart is None else (stage, name, resume, restart))
             if trains:
                 folder = RunFolder(runs_dir, stage, name)
-                with folder.claim(resume=resume, restart=restart, config=to_dict(cfg)):
+                with folder.claim(resume=resume, restart=restart, config=to_dict(cfg),
+                                  neutral=neutral_values(type(cfg))):
                     folder.start(resume=resume)
                     torch.save({"step": 1, "config": to_dict(cfg)}, folder.checkpoint)
             if stage in self.broken:
@@ -363,12 +364,12 @@ class FakeStages:
                 writer.results["metrics"] = {"models": {"mean": float(len(cfg.models)), "std": 0.0}}
             return writer.artifact
 
-        return StageSpec(FakeConfig, run, kind=kind, inputs=inputs or {}, trains=trains,
+        return StageSpec(config, run, kind=kind, inputs=inputs or {}, trains=trains,
                          compares_points=compares_points)
 
-    def table(self) -> dict[str, StageSpec]:
+    def table(self, train_config: type = FakeConfig) -> dict[str, StageSpec]:
         return {"make": self.spec("make", "dataset"),
-                "train": self.spec("train", "ldm", {"data": "dataset"}, trains=True),
+                "train": self.spec("train", "ldm", {"data": "dataset"}, trains=True, config=train_config),
                 "score": self.spec("score", "metrics", {"data": "dataset", "models": "ldm"}),
                 "compare": self.spec("compare", "viz", {"scores": "metrics"}, compares_points=True)}
 
@@ -433,6 +434,35 @@ def test_a_failed_stage_rerun_with_another_config_starts_over(fakes):
     assert stages.calls[0] == ("train", "toy", False, True)  # its own checkpoint, of another config: restarted
     restarted = torch.load(root.parent / "runs" / "train" / "toy" / "checkpoint.pt", weights_only=True)
     assert restarted["config"]["value"] == 2
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfigWithAKey(FakeConfig):
+    """FakeConfig in a later release that added a key."""
+
+    extra: int = 0
+    added_keys = {"extra": 0}  # runs made before it did what 0 does
+
+
+def test_a_release_that_adds_a_key_keeps_artifacts_and_checkpoints(fakes, monkeypatch):
+    stages, workflow, root = fakes
+    stages.broken = {"score"}
+    assert invoke(workflow, root).exit_code == 2  # before the key: train published, score failed
+    stages.broken = {"train"}
+    assert invoke(workflow, root, "--set", "train.value=2").exit_code == 2  # and a run of value 2 checkpointed
+    monkeypatch.setattr(stage_table, "STAGES", stages.table(train_config=FakeConfigWithAKey))  # the upgrade
+    stages.broken.clear()
+    stages.calls.clear()
+    upgraded = invoke(workflow, root)
+    assert upgraded.exit_code == 0, upgraded.output
+    assert statuses(upgraded) == {"make": "up to date", "train": "up to date", "score": "wrote"}
+    stages.calls.clear()
+    assert invoke(workflow, root, "--set", "train.value=2").exit_code == 0
+    assert stages.calls[0] == ("train", "toy", True, False)  # the unfinished run continued
+    stages.calls.clear()
+    changed = invoke(workflow, root, "--set", "train.value=2", "--set", "train.extra=1")
+    assert changed.exit_code == 0, changed.output
+    assert stages.calls[0] == ("train", "toy", False, True)  # the key set: another run
 
 
 def test_a_checkpoint_the_runner_did_not_make_is_left_alone(fakes):

@@ -172,7 +172,8 @@ def fit_anchors(ctx: Context, cfg: TrainLDMConfig, model: LatentDiffusion, image
     with progress.task(f"DyGA round {round_index}: anchors for {n_units} units", total=1, unit="fit") as task:
         if my_units:
             dyga = DyGA(cfg.dyga.mode, n_init=cfg.dyga.n_init, max_components=cfg.dyga.max_components,
-                        max_iter=cfg.dyga.max_iter, random_state=cfg.seed * 7919 + round_index)
+                        max_iter=cfg.dyga.max_iter, psi=cfg.dyga.psi, merge=cfg.dyga.merge,
+                        random_state=cfg.seed * 7919 + round_index)
             dyga.fit(units[:, my_units], units=my_units)  # each unit's own stream
             groups.append((my_units, dyga))
         task.advance(1)

@@ -9,7 +9,9 @@ What a run folder guarantees:
   touches nothing, and ``resume`` without a checkpoint is an error too. ``restart`` deletes
   only when the stage calls ``start``, after all of its validations passed.
 - ``resume`` continues the run it checkpointed: the config must be the same, except for the
-  length (``LENGTH_KEYS``), which may change so that a finished run can be trained on. That
+  length (``LENGTH_KEYS``), which may change so that a finished run can be trained on, and for
+  keys added since the checkpoint was made that hold their neutral value (``dydis.config.
+  without_neutral``: the checkpoint did what they do). That
   gives the longer run exactly: everything random in a step is seeded by the step and the
   learning rate does not depend on the length (the loops refuse a length shorter than the
   checkpoint's step).
@@ -26,9 +28,10 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from dydis.artifacts import _NAME  # a run is named after the artifact it publishes
+from dydis.config import without_neutral
 from dydis.errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
@@ -78,12 +81,13 @@ class RunFolder:
         return self.checkpoint.is_file()
 
     @contextmanager
-    def claim(self, *, resume: bool, restart: bool, config: dict[str, Any], owner: bool = True
-              ) -> Iterator["RunFolder"]:
+    def claim(self, *, resume: bool, restart: bool, config: dict[str, Any], owner: bool = True,
+              neutral: Mapping[str, Any] | None = None) -> Iterator["RunFolder"]:
         """Hold the folder for one run: check the rules above and lock it until the ``with`` ends.
 
         ``config`` is the run's config as a plain dict; ``resume`` needs the checkpoint's to be
-        the same. Raises ``ConfigError`` (nothing touched) when the rules refuse the run.
+        the same but for the length and for the keys of ``neutral`` (``dydis.config.neutral_values``
+        of the config's class) that hold their neutral value. Raises ``ConfigError`` (nothing touched) when the rules refuse the run.
         ``owner=False`` is a process that only uses a folder another one holds (torchrun's ranks
         other than 0): nothing is checked or locked, and ``start`` leaves the folder alone.
         """
@@ -104,7 +108,7 @@ class RunFolder:
                 descriptor = self._lock(os.O_RDONLY | os.O_CREAT)
                 self._check(resume, restart)  # again: another process may have made a checkpoint meanwhile
             if resume:
-                self._check_config(config)
+                self._check_config(config, dict(neutral or {}))
             self._claimed = True
             yield self
         finally:
@@ -140,10 +144,11 @@ class RunFolder:
             raise ConfigError("this run folder holds a checkpoint: continue it with --resume, or delete it and "
                               "start over with --restart", self.path)
 
-    def _check_config(self, config: dict[str, Any]) -> None:
+    def _check_config(self, config: dict[str, Any], neutral: dict[str, Any]) -> None:
         from dydis.training.checkpoint import load_checkpoint  # deferred: imports torch
 
-        changed = [key for key in changed_keys(load_checkpoint(self.checkpoint, mmap=True)["config"], config)
+        saved = load_checkpoint(self.checkpoint, mmap=True)["config"]
+        changed = [key for key in changed_keys(without_neutral(saved, neutral), without_neutral(config, neutral))
                    if key not in LENGTH_KEYS]
         if changed:
             shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
