@@ -139,6 +139,18 @@ def to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configs as plain dicts."""
+    changed = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_keys(a, b, f"{prefix}{key}.")
+        elif key not in old or key not in new or a != b:
+            changed.append(prefix + key)
+    return changed
+
+
 def neutral_values(cls: type, prefix: str = "") -> dict[str, Any]:
     """The dotted keys of ``cls`` (nested configs included) added after runs were first made,
     each with the value that does what a config without the key did (a class's ``added_keys``)."""

@@ -111,10 +111,11 @@ def train_log(rows: list[dict]) -> str:
     return "\n".join([",".join(columns), *(",".join(str(r.get(c, "")) for c in columns) for r in rows)]) + "\n"
 
 
-def make_ldm(root: Path, name: str, seed: int, label: str | None, log: list[dict], quantizer: str) -> Artifact:
+def make_ldm(root: Path, name: str, seed: int, label: str | None, log: list[dict], quantizer: str,
+             **config) -> Artifact:
     stamp = {"fingerprint": "0" * 64, "point": {"label": label, "settings": {}}} if label else None
     with ArtifactStore(root, workflow=stamp).create(stage="train-ldm", name=name, kind="ldm", seed=seed,
-                                                    config={"quantizer": quantizer, "seed": seed}) as writer:
+                                                    config={"quantizer": quantizer, "seed": seed, **config}) as writer:
         (writer.dir / "train_log.csv").write_text(train_log(log))
         unknown = label == "dyga" and seed == 3  # as if resumed from a checkpoint that did not count time
         writer.results.update({"steps": 4, "train_seconds": None if unknown else 60.0 * seed,
@@ -246,6 +247,18 @@ def test_the_newest_figure_of_a_model_is_shown_whatever_its_name(sweep, monkeypa
     assert result.exit_code == 0, result.output
     artifact = ArtifactStore(sweep).load(result.stdout.strip())
     assert [e["ref"] for e in artifact.inputs("figure_0")] == ["visualize/aa-redrawn@v1"]
+
+
+def test_a_variant_whose_models_differ_in_more_than_the_seed_is_named_key_by_key(tmp_path, dydis_warnings):
+    root = tmp_path / "store"
+    log = [{"step": 1, "loss": 0.5}]
+    before_psi = make_ldm(root, "m-s1", 1, "dyga", log, "dyga", dyga={"lam": 0.1})  # made before dyga.psi existed
+    same = make_ldm(root, "m-s2", 2, "dyga", log, "dyga", dyga={"lam": 0.1, "psi": 0.5, "merge": None})
+    other = make_ldm(root, "m-s3", 3, "dyga", log, "dyga", dyga={"lam": 0.2, "psi": 0.25, "merge": None})
+    make_metrics(root, "m", [before_psi, same, other], [0.1, 0.2, 0.3])
+    assert report(root, "--metrics", "eval-metrics/m").exit_code == 0
+    assert [r.getMessage() for r in dydis_warnings.records] == [
+        f"variant dyga: {before_psi.ref} and {other.ref} differ in more than the seed (dyga.lam, dyga.psi)"]
 
 
 def test_unpaired_seeds_give_an_interval_and_no_p_value(tmp_path):

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 
 from dydis.artifacts import Artifact, ArtifactStore
+from dydis.config import TrainLDMConfig, changed_keys, neutral_values, without_neutral
 from dydis.errors import ArtifactError, DataError
 from dydis.metrics.evaluate import FACTOR_ACCURACY
 from dydis.report.stats import Row
@@ -136,14 +137,16 @@ def rows_of(models: list[Model]) -> list[Row]:
 
 
 def _warn_on_other_differences(models: list[Model]) -> None:
-    """A variant is models that differ only in their seed: say where two differ in more."""
+    """A variant is models that differ only in their seed: say where two differ in more (a key
+    a later release added, at its neutral value, is no difference)."""
+    neutral = neutral_values(TrainLDMConfig)  # the models are ldm artifacts
     first: dict[str, Model] = {}
     for model in models:
         if model.artifact is None:
             continue
         other = first.setdefault(model.variant, model)
-        differ = sorted(key for key in set(model.artifact.config) | set(other.artifact.config)
-                        if key != "seed" and model.artifact.config.get(key) != other.artifact.config.get(key))
+        differ = [key for key in changed_keys(without_neutral(other.artifact.config, neutral),
+                                              without_neutral(model.artifact.config, neutral)) if key != "seed"]
         if differ:
             log.warning("variant %s: %s and %s differ in more than the seed (%s)", model.variant,
                         other.artifact.ref, model.artifact.ref, ", ".join(differ))

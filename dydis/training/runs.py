@@ -31,24 +31,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from dydis.artifacts import _NAME  # a run is named after the artifact it publishes
-from dydis.config import without_neutral
+from dydis.config import changed_keys, without_neutral
 from dydis.errors import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 LENGTH_KEYS = ("epochs", "max_steps")  # the training stages' length; the one change a resume accepts
-
-
-def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two configs as plain dicts."""
-    changed = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += changed_keys(a, b, f"{prefix}{key}.")
-        elif key not in old or key not in new or a != b:
-            changed.append(prefix + key)
-    return changed
 
 
 def length_of(config: dict[str, Any]) -> dict[str, Any]:
