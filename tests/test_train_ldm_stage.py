@@ -113,6 +113,14 @@ def test_train_ldm_resume_must_keep_the_config_but_may_train_on(store, tmp_path)
     changed = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "2", "--lambda", "0.2",
                                   "--resume", "--root", str(store), "--runs", str(tmp_path)])
     assert changed.exit_code == 2 and "started with a different config (dyga.lam)" in changed.stderr
+    checkpoint = tmp_path / "train-ldm" / "other" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)
+    for key in ("psi", "merge"):  # as a release before these keys wrote it
+        del state["config"]["dyga"][key]
+    torch.save(state, checkpoint)
+    merge = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "2", "--set",
+                                "dyga.merge=none", "--resume", "--root", str(store), "--runs", str(tmp_path)])
+    assert merge.exit_code == 2 and "started with a different config (dyga.merge)" in merge.stderr
     shorter = runner.invoke(app, ["train-ldm", "--dataset", "other", *LDM_SMALL, "--max-steps", "1", "--resume",
                                   "--root", str(store), "--runs", str(tmp_path)])
     assert shorter.exit_code == 2 and "the checkpoint is at step 2, past the 1 steps" in shorter.stderr

@@ -1,4 +1,6 @@
-"""A probe, not a dydis command (train-ldm has no dyga.merge key): dyga-u20 at one seed with DyGA's paper
+"""Session 18's probe, kept as the record of how its number was made; since then the same run is
+`--set train-ldm.dyga.merge=none` (the key session 19 added). A probe, not a dydis command (train-ldm
+had no dyga.merge key): dyga-u20 at one seed with DyGA's paper
 mode fitting without our "valley" merge (Algorithm 2 alone), by changing the mode's default in this
 process before the CLI runs the study's workflow. The artifact's config is dyga-u20's; its anchors'
 stored settings record merge "none".
