@@ -8,13 +8,14 @@
 #
 #   bash examples/ablation.sh shapes3d --set data_dir=/data      # the paper profile, one GPU
 #   PROFILE=smoke SEEDS=42,43 bash examples/ablation.sh synthetic # a CPU smoke version
-#   LABEL_SUFFIX=-long PROFILE=cpu-ablation bash examples/ablation.sh synthetic \
-#     --set train-ldm.epochs=80                                    # the same four on another recipe
+#   LABEL_SUFFIX=-u20 PROFILE=cpu-ablation bash examples/ablation.sh synthetic  # 2 CPU cores, ~8 h
+#   LABEL_SUFFIX=-short PROFILE=cpu-ablation bash examples/ablation.sh synthetic \
+#     --set train-ldm.epochs=40                                    # the same four on another recipe
 #
 # Further arguments go to `dydis run` (e.g. --set train-ldm.epochs=50). LABEL_SUFFIX is appended to
-# the four labels, so that a study on another recipe gets its own artifacts (baseline-long, ...)
+# the four labels, so that a study on another recipe gets its own artifacts (baseline-short, ...)
 # instead of new versions of the first study's. A study run again with the same labels and only a
-# longer length (--set train-ldm.epochs=80) trains its finished models on from their checkpoints
+# longer length (--set train-ldm.epochs=120) trains its finished models on from their checkpoints
 # instead (each gives exactly the longer run) and reports the new versions. To report again, on
 # other inputs or with another baseline: dydis report --metrics 'eval-metrics/<name>-*' --baseline sd
 set -euo pipefail
