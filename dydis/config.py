@@ -5,6 +5,11 @@ precedence: the dataclass defaults, the ``--config`` YAML file, the stage's own 
 flags, and ``--set key.sub=value`` overrides. Every value is checked against the field's type
 annotation, so an unknown key or a wrong type is a ``ConfigError`` that names the key, never a
 stack trace from deep inside a stage.
+
+A key added to a config after runs have recorded theirs goes into its class's ``added_keys``
+with the value that does what configs without it did (``without_neutral``): left at that value
+it changes no fingerprint and no resume check. tests/config_keys.json holds every other key, so
+a key added without one fails a test instead of silently invalidating every cached run.
 """
 
 from __future__ import annotations

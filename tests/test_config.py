@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import typing
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -173,3 +176,30 @@ def test_keys_added_since_the_first_runs_are_left_out_of_a_config_while_neutral(
     assert null.dyga.merge is None  # a choice spelled "none" is that choice; null is the mode's
     with pytest.raises(ConfigError, match="config key dyga.psi: expected a density threshold >= 0, found -1"):
         build_config(TrainLDMConfig, flags={"dataset": "synthetic", "epochs": 1}, overrides=["dyga.psi=-1"])
+
+
+def _dotted_keys(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        nested = hints[f.name]
+        found += _dotted_keys(nested, f"{prefix}{f.name}.") if dataclasses.is_dataclass(nested) else [prefix + f.name]
+    return found
+
+
+def test_every_new_config_key_says_what_runs_without_it_did():
+    """A key that is neither in tests/config_keys.json (the keys every stage had when runs first
+    recorded their configs) nor in its class's ``added_keys`` would change every fingerprint of its
+    stage: `dydis run` would redo every cached artifact and restart every unfinished run of it."""
+    from dydis.stages.workflow import STAGES
+
+    recorded = json.loads((Path(__file__).parent / "config_keys.json").read_text())
+    assert set(recorded) == set(STAGES)
+    for stage, spec in STAGES.items():
+        new = sorted(set(_dotted_keys(spec.config)) - set(recorded[stage]) - set(neutral_values(spec.config)))
+        assert not new, (f"{stage}: config keys {new} are new; give each a neutral value in its class's added_keys "
+                         "(the value that does what configs without it did), or, where a release means every run of "
+                         "the stage to change, add them to tests/config_keys.json")
+        gone = sorted(set(recorded[stage]) - set(_dotted_keys(spec.config)))
+        assert not gone, (f"{stage}: config keys {gone} are gone, which changes every fingerprint of the stage; "
+                          "remove them from tests/config_keys.json where that is meant")
